@@ -1,0 +1,1 @@
+"""The dataset stage: load, validate, convert, format, deduplicate, measure, split."""
