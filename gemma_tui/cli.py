@@ -160,10 +160,13 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _print_issues(console: Console, issues: Sequence[Any], shown: int, total: int) -> None:
+    from rich.markup import escape
+
     for issue in issues[:shown]:
         colour = "yellow" if issue.severity == "warning" else "red"
         console.print(
-            f"[{colour}]{issue.location()}[/]: {issue.reason} [dim]({issue.code})[/]",
+            f"[{colour}]{escape(issue.location())}[/]: {escape(issue.reason)} "
+            f"[dim]({issue.code})[/]",
             highlight=False,
             soft_wrap=True,
         )
@@ -362,6 +365,8 @@ def cmd_profile_list(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_validate(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from pipeline.errors import ProfileError
     from pipeline.profiles import load_profile
 
@@ -370,7 +375,7 @@ def cmd_profile_validate(args: argparse.Namespace) -> int:
         try:
             load_profile(path)
         except ProfileError as exc:
-            _err_console().print(f"[red]{exc.message}[/]", highlight=False)
+            _err_console().print(f"[red]{escape(exc.message)}[/]", highlight=False)
             status = EXIT_INVALID
         else:
             _out_console().print(f"[green]✓[/] {path}", highlight=False)
@@ -478,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_app(args.open)
         return EXIT_OK
 
+    from rich.markup import escape
+
     from pipeline.errors import PipelineError
 
     started = time.monotonic()
@@ -487,9 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"gemma-tui: error: {exc}\n")
     except PipelineError as exc:
         console = _err_console()
-        console.print(f"[bold red]{exc.title}:[/] {exc.message}", highlight=False)
+        console.print(f"[bold red]{exc.title}:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            console.print(f"[yellow]Hint:[/] {exc.hint}", highlight=False)
+            console.print(f"[yellow]Hint:[/] {escape(exc.hint)}", highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         _err_console().print("[yellow]Interrupted.[/]")
