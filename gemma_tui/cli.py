@@ -88,13 +88,13 @@ class _Printer:
 def _err_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _out_console() -> Console:
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)
 
 
 def _key_values(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -298,7 +298,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             on_event=printer,
         )
     if args.json:
-        print(json.dumps(_jsonable(stats), ensure_ascii=False, indent=2))
+        print(json.dumps(stats.to_dict(), ensure_ascii=False, indent=2))
     else:
         _print_stats(_out_console(), stats, args.max_seq_len)
     return EXIT_OK
@@ -311,44 +311,54 @@ def _describe_result(result: Any) -> str:
     lines = []
     for f in dataclasses.fields(result):
         value = getattr(result, f.name)
+        if f.name == "seconds":
+            continue
         if isinstance(value, dict):
             value = _counts_line(value) or "none"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        elif isinstance(value, int):
+            value = f"{value:,}"
         lines.append(f"{f.name.replace('_', ' ')}: {value}")
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return obj.tolist()
-    return obj
-
-
 def _print_stats(console: Console, stats: Any, max_seq_len: int) -> None:
     import plotext as plt
+    from rich.table import Table
+    from rich.text import Text
 
-    lengths = list(getattr(stats, "lengths", []))
+    lengths = [int(n) for n in stats.lengths]
     if lengths:
         plt.clear_figure()
         plt.hist(lengths, bins=min(40, max(5, len(set(lengths)))))
-        plt.title("tokens per example")
-        plt.vertical_line(max_seq_len, color="red")
+        if max(lengths) > max_seq_len:
+            plt.vertical_line(max_seq_len, color="red")
+        plt.title(f"tokens per example (red: max_seq_len {max_seq_len})")
         plt.plotsize(min(console.width, 100), 18)
         plt.theme("clear")
-        console.print(plt.build(), markup=False, highlight=False)
-    for name, value in _jsonable(stats).items():
-        if name == "lengths":
-            continue
-        console.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
+        console.print(Text.from_ansi(plt.build()))
+    s = stats.summary
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("examples", f"{stats.examples:,}"),
+        ("invalid rows skipped", f"{stats.invalid:,}"),
+        ("tokens", f"{stats.total_tokens:,}"),
+        ("length min / median / mean", f"{s.min:,} / {s.median:,.0f} / {s.mean:,.1f}"),
+        ("length p90 / p99 / max", f"{s.p90:,.0f} / {s.p99:,.0f} / {s.max:,}"),
+        (
+            f"over max_seq_len {max_seq_len}",
+            f"{stats.truncated:,} ({stats.truncated_tokens:,} tokens cut)",
+        ),
+        ("trained tokens", f"{stats.trained_tokens:,} ({stats.trained_share:.1%})"),
+        ("trained share after truncation", f"{stats.trained_share_after_truncation:.1%}"),
+        ("examples left with nothing to train", f"{stats.lost_all_trained:,}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
 
 
 # --- profiles ------------------------------------------------------------------------------
@@ -420,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add_data("validate", "check every row and report each problem with its location", cmd_validate)
+    p = add_data(
+        "validate", "check every row and report each problem with its location", cmd_validate
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--show", type=int, default=50, metavar="N", help="issues to print (default 50)")
     p.add_argument(
@@ -462,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     profile = commands.add_parser("profile", help="list, show and validate training profiles")
-    profile_commands = profile.add_subparsers(dest="profile_command", metavar="ACTION", required=True)
+    profile_commands = profile.add_subparsers(
+        dest="profile_command", metavar="ACTION", required=True
+    )
     p = profile_commands.add_parser("list", help="the shipped profiles")
     p.set_defaults(func=cmd_profile_list)
     p = profile_commands.add_parser("show", help="print a profile with every default filled in")
