@@ -1,0 +1,245 @@
+"""What the Dataset screen's workers do in their threads: pipeline calls, and nothing else.
+
+Every function here runs in a ``@work(thread=True)`` worker of
+:class:`~gemma_tui.screens.dataset.DatasetScreen`. They touch no widget: they take plain
+values, call :mod:`pipeline.data` (imported here, inside the functions, so pandas/pandera/
+pyarrow stay off the startup path), report through ``on_event`` and hand back frozen values
+that the screen shows once the worker has finished.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gemma_tui.widgets.issue_list import MAX_LISTED, IssueEntry
+
+if TYPE_CHECKING:
+    from pipeline.data.browse import OpenedDataset
+    from pipeline.data.stats import DatasetStats
+    from pipeline.data.types import DatasetSpec
+    from pipeline.data.validate import CheckedRecord
+    from pipeline.events import EventSink, StopCheck
+    from pipeline.models.tokenizer import GemmaTokenizer
+
+JobKind = Literal["open", "stats", "validate", "convert", "dedup", "split"]
+
+OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "convert": (
+        ("Valid rows (JSONL)", ".converted.jsonl"),
+        ("Rejected rows, with their issues", ".converted.rejects.jsonl"),
+    ),
+    "dedup": (
+        ("Kept rows (JSONL)", ".dedup.jsonl"),
+        ("Removed rows, and what they duplicate", ".dedup.removed.jsonl"),
+    ),
+    "split": (
+        ("Train rows (JSONL)", ".train.jsonl"),
+        ("Eval rows (JSONL, 10%)", ".eval.jsonl"),
+    ),
+}
+"""Per job: (label, file-name suffix) of each output the user may edit before it runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedView:
+    """What the open job hands back: the dataset, its first window and its listed issues."""
+
+    source: str
+    dataset: OpenedDataset
+    records: tuple[CheckedRecord, ...]
+    issues: tuple[IssueEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedWindow:
+    """Records ``start ..`` of ``dataset``; the cursor goes to ``index``."""
+
+    dataset: OpenedDataset
+    start: int
+    records: tuple[CheckedRecord, ...]
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsOutcome:
+    """Token statistics, the histogram's bins, and the tokenizer loaded on the way."""
+
+    source: str
+    tokenizer: GemmaTokenizer
+    stats: DatasetStats
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DataJob:
+    """A validate, convert, dedup or split job, as the user asked for it."""
+
+    kind: JobKind
+    source: str
+    spec: DatasetSpec | None
+    outputs: tuple[Path, ...] = ()
+    option: str | None = None
+    """convert: the output format ("sharegpt" or "chatml")."""
+
+
+def default_outputs(source: str, kind: str) -> list[Path]:
+    """Where ``kind`` writes by default: the workspace's datasets folder, named after the input
+    (``data/chat.jsonl`` -> ``<workspace>/datasets/chat.converted.jsonl``)."""
+    from pipeline.workspace import Workspace
+
+    path = Path(source)
+    stem = path.stem if path.suffix else (path.name or "dataset")
+    if any(c in stem for c in "*?["):
+        stem = "dataset"
+    folder = Workspace.default().datasets_dir
+    return [folder / f"{stem}{suffix}" for _, suffix in OUTPUTS[kind]]
+
+
+def open_view(
+    source: str,
+    *,
+    window_size: int,
+    lock: threading.Lock,
+    on_event: EventSink,
+    should_stop: StopCheck,
+) -> OpenedView:
+    """Open ``source`` (one streaming pass), then read its first window and its issues."""
+    from pipeline.data.browse import open_dataset
+
+    dataset = open_dataset(source, on_event=on_event, should_stop=should_stop)
+    with lock:
+        records = tuple(dataset.checked(i) for i in range(min(window_size, len(dataset))))
+    entries: list[IssueEntry] = [
+        (None, issue) for issue in dataset.report.issues if issue.index is None
+    ]
+    for index in dataset.error_indices[:MAX_LISTED]:
+        entries.extend((int(index), issue) for issue in dataset.issues_for(index))
+    return OpenedView(source, dataset, records, tuple(entries))
+
+
+def read_window(
+    dataset: OpenedDataset,
+    start: int,
+    index: int,
+    *,
+    window_size: int,
+    lock: threading.Lock,
+    is_cancelled: Callable[[], bool],
+) -> LoadedWindow | None:
+    """Records ``start .. start + window_size`` (about 4 ms for 200); None when cancelled."""
+    records: list[CheckedRecord] = []
+    for i in range(start, min(start + window_size, len(dataset))):
+        if is_cancelled():
+            return None
+        with lock:
+            records.append(dataset.checked(i))
+    return LoadedWindow(dataset, start, tuple(records), index)
+
+
+def measure(
+    source: str,
+    spec: DatasetSpec | None,
+    tokenizer: GemmaTokenizer | None,
+    *,
+    max_seq_len: int,
+    bins: int,
+    on_event: EventSink,
+    should_stop: StopCheck,
+) -> StatsOutcome:
+    """Load the tokenizer if needed (built from the embedded GGUF the first time, ~30 s),
+    then measure ``source`` and bin its token lengths."""
+    from pipeline.data.stats import compute_stats
+    from pipeline.data.types import DatasetSpec
+    from pipeline.models.tokenizer import load_tokenizer
+
+    tok = tokenizer or load_tokenizer(on_event=on_event)
+    stats = compute_stats(
+        source,
+        spec=spec or DatasetSpec(),
+        tokenizer=tok,
+        max_seq_len=max_seq_len,
+        on_event=on_event,
+        should_stop=should_stop,
+    )
+    counts, edges = stats.histogram(bins)
+    return StatsOutcome(
+        source, tok, stats, tuple(float(e) for e in edges), tuple(int(c) for c in counts)
+    )
+
+
+def run_data_job(job: DataJob, *, on_event: EventSink, should_stop: StopCheck) -> Any:
+    """Run a validate/convert/dedup/split job; returns the pipeline's result."""
+    from pipeline.data.types import DatasetSpec
+
+    spec = job.spec or DatasetSpec()
+    for path in job.outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    source, outputs = job.source, job.outputs
+    if job.kind == "validate":
+        from pipeline.data.validate import validate_dataset
+
+        return validate_dataset(source, spec, on_event=on_event, should_stop=should_stop)
+    if job.kind == "convert":
+        from pipeline.data.validate import convert_dataset
+
+        return convert_dataset(
+            source,
+            outputs[0],
+            spec=spec,
+            to="chatml" if job.option == "chatml" else "sharegpt",
+            rejects=outputs[1],
+            on_event=on_event,
+            should_stop=should_stop,
+        )
+    if job.kind == "dedup":
+        from pipeline.data.dedup import dedup_dataset
+
+        return dedup_dataset(
+            source,
+            outputs[0],
+            spec=spec,
+            removed=outputs[1],
+            on_event=on_event,
+            should_stop=should_stop,
+        )
+    if job.kind == "split":
+        from pipeline.data.split import split_dataset
+
+        return split_dataset(
+            source, outputs[0], outputs[1], spec=spec, on_event=on_event, should_stop=should_stop
+        )
+    raise ValueError(f"not a data job: {job.kind!r}")
+
+
+def describe_result(kind: str, result: Any) -> str:
+    """One notification's text for a finished job: counts and output paths."""
+    if kind == "validate":
+        codes = sorted(result.counts_by_code.items(), key=lambda item: -item[1])[:4]
+        text = result.summary() + "."
+        if codes:
+            text += "\n" + ", ".join(f"{code} {count:,}" for code, count in codes)
+        return text
+    if kind == "convert":
+        return (
+            f"{result.valid:,} rows written to {result.output}\n"
+            f"{result.rejected:,} rejected, written to {result.rejects}"
+        )
+    if kind == "dedup":
+        return (
+            f"{result.kept:,} rows kept, written to {result.output}\n"
+            f"{result.removed_count:,} removed ({result.exact_removed:,} exact, "
+            f"{result.near_removed:,} near), listed in {result.removed}\n"
+            f"{result.invalid:,} invalid rows skipped"
+        )
+    if kind == "split":
+        return (
+            f"{result.train_count:,} train rows written to {result.train}\n"
+            f"{result.eval_count:,} eval rows written to {result.eval}\n"
+            f"{result.invalid:,} invalid rows skipped"
+        )
+    return str(result)
