@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "With no command, opens the TUI.",
     )
     parser.add_argument(
-        "--open", metavar="PATH", help="open this dataset in the TUI (default: the sample)"
+        "--open",
+        metavar="PATH",
+        help="open this dataset in the TUI (default: the bundled sample, with a few broken rows)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -493,8 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         from gemma_tui.app import run_app
+        from pipeline.data import DEFAULT_SAMPLE, display_path
 
-        run_app(args.open)
+        run_app(args.open or display_path(DEFAULT_SAMPLE))
         return EXIT_OK
 
     from rich.markup import escape

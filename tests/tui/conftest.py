@@ -52,6 +52,18 @@ async def settle(pilot: Pilot[object], *, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def wait_until(done: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Poll ``done()`` every 10 ms without waiting for the screen to go idle."""
+    import asyncio
+    import time
+
+    started = time.perf_counter()
+    while not done():
+        await asyncio.sleep(0.01)
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError("condition not reached")
+
+
 async def key_latency(app: App[Any], key: str, done: Callable[[], bool]) -> float:
     """Seconds from a key press to ``done()``, polled every 10 ms.
 

@@ -16,7 +16,7 @@ from tests.tui.conftest import (
     TERMINAL_SIZE,
     dataset_screen,
     key_latency,
-    settle,
+    wait_until,
     write_sharegpt_jsonl,
 )
 
@@ -90,13 +90,13 @@ async def test_quit_asks_first_while_a_job_runs(tmp_path: Path) -> None:
     big = write_sharegpt_jsonl(tmp_path / "big.jsonl", 300_000)
     app = GemmaTuiApp(str(big))
     async with app.run_test(size=TERMINAL_SIZE) as pilot:
-        await pilot.pause()
+        # Poll rather than pilot.pause(): that waits for an idle screen, which a busy worker
+        # posting progress may not give within its timeout on a loaded machine.
+        await wait_until(lambda: dataset_screen(pilot).busy)
         screen = dataset_screen(pilot)
-        assert screen.busy
         await key_latency(app, "q", lambda: isinstance(app.screen, ConfirmModal))
         await key_latency(app, "n", lambda: isinstance(app.screen, DatasetScreen))
         assert screen.busy  # "n": stay, the job goes on
         await key_latency(app, "q", lambda: isinstance(app.screen, ConfirmModal))
         await key_latency(app, "y", lambda: not screen.busy)
-        await settle(pilot)
     assert app.return_code == 0
