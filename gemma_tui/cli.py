@@ -208,9 +208,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
         )
     else:
+        from rich.markup import escape
+
         out = _out_console()
         _print_issues(out, report.issues, args.show, report.issue_count)
-        formats = ", ".join(f"{Path(p).name}: {f}" for p, f in report.formats.items())
+        # escape: a split of a saved DatasetDict is named "data_dir[train]", not markup
+        formats = escape(", ".join(f"{Path(p).name}: {f}" for p, f in report.formats.items()))
         out.print(
             f"{report.total} rows: [green]{report.valid} valid[/], "
             f"[{'red' if report.invalid else 'green'}]{report.invalid} invalid[/]"
@@ -267,15 +270,23 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from pipeline.data.split import split_dataset
 
+    if args.to == "hf" and args.eval:
+        raise _UsageError(
+            "--to hf writes one DatasetDict folder (--train) with train and eval splits; "
+            "leave --eval out."
+        )
+    if args.to != "hf" and not args.eval:
+        raise _UsageError("--eval is required (unless --to hf).")
     err = _err_console()
     with _Printer(err) as printer:
         result = split_dataset(
             args.files,
             Path(args.train),
-            Path(args.eval),
+            Path(args.eval) if args.eval else None,
             spec=_spec(args),
             eval_fraction=args.eval_fraction,
             seed=args.seed,
+            to=args.to,
             on_event=printer,
         )
     _out_console().print(_describe_result(result), highlight=False)
@@ -426,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
             "files",
             nargs="+",
             metavar="FILE",
-            help="a .json/.jsonl/.csv/.parquet file, a folder or a glob",
+            help="a .json/.jsonl/.csv/.parquet file, a folder, a glob, or a folder saved by "
+            "Hugging Face datasets' save_to_disk (a Dataset, or a DatasetDict: every split)",
         )
         _add_spec_arguments(p)
         p.set_defaults(func=func)
@@ -443,13 +455,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_data(
         "convert",
-        "write the valid rows as ShareGPT (or ChatML) JSONL and the rejected rows with reasons",
+        "write the valid rows as ShareGPT (or ChatML) JSONL, or as a saved Hugging Face "
+        "dataset, and the rejected rows with reasons",
         cmd_convert,
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .jsonl")
-    p.add_argument("--to", choices=("sharegpt", "chatml"), default="sharegpt")
     p.add_argument(
-        "--rejects", metavar="PATH", help="rejects file (default: <OUT stem>.rejects.jsonl)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output .jsonl; with --to hf a folder (a saved Hugging Face Dataset)",
+    )
+    p.add_argument(
+        "--to",
+        choices=("sharegpt", "chatml", "hf"),
+        default="sharegpt",
+        help="sharegpt or chatml JSONL, or hf: ShareGPT rows saved with datasets' "
+        "save_to_disk, read back with datasets.load_from_disk (default: sharegpt)",
+    )
+    p.add_argument(
+        "--rejects",
+        metavar="PATH",
+        help="rejects file, always JSONL (default: <OUT stem>.rejects.jsonl)",
     )
 
     p = add_data("dedup", "remove exact and near-duplicate conversations", cmd_dedup)
@@ -470,8 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the stats as JSON on stdout")
 
     p = add_data("split", "seeded train/eval split", cmd_split)
-    p.add_argument("--train", required=True, metavar="OUT", help="train .jsonl")
-    p.add_argument("--eval", required=True, metavar="OUT", help="eval .jsonl")
+    p.add_argument(
+        "--train",
+        required=True,
+        metavar="OUT",
+        help="train .jsonl; with --to hf the DatasetDict folder that holds both splits",
+    )
+    p.add_argument("--eval", metavar="OUT", help="eval .jsonl (required unless --to hf)")
+    p.add_argument(
+        "--to",
+        choices=("sharegpt", "chatml", "hf"),
+        default="sharegpt",
+        help="sharegpt or chatml JSONL, or hf: one saved Hugging Face DatasetDict with "
+        "'train' and 'eval' splits (default: sharegpt)",
+    )
     p.add_argument("--eval-fraction", type=float, default=0.1, metavar="F")
     p.add_argument("--seed", type=int, default=0)
 

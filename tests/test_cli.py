@@ -161,3 +161,38 @@ def test_entry_point_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert proc.returncode == EXIT_INVALID, proc.stderr
     assert "sample_alpaca.csv:22 [output]" in proc.stdout
+
+
+def test_convert_and_split_to_hf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--to hf`: a saved Hugging Face Dataset (convert) and one DatasetDict (split)."""
+    from pipeline.data.readers.hf_dataset import import_datasets
+
+    datasets = import_datasets()
+    hf_out = tmp_path / "clean_hf"
+    args = ["data", "convert", str(SAMPLES / "sample_sharegpt.jsonl"), "--to", "hf"]
+    assert main([*args, "-o", str(hf_out)]) == EXIT_INVALID  # broken rows set aside
+    assert "wrote 15 rows" in capsys.readouterr().out
+    assert (tmp_path / "clean_hf.rejects.jsonl").is_file()
+    assert datasets.load_from_disk(str(hf_out)).num_rows == 15
+
+    split = tmp_path / "split_hf"
+    args = ["data", "split", str(hf_out), "--to", "hf", "--train", str(split)]
+    assert main([*args, "--eval-fraction", "0.2", "--seed", "1"]) == EXIT_OK
+    saved = datasets.load_from_disk(str(split))
+    assert {name: saved[name].num_rows for name in saved} == {"train": 12, "eval": 3}
+    assert main(["data", "validate", str(split)]) == EXIT_OK
+    assert "split_hf[train]: sharegpt, split_hf[eval]: sharegpt" in capsys.readouterr().out
+
+    # One folder holds both splits: --eval is a usage error with hf, required without it.
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--eval", str(tmp_path / "e.jsonl")])
+    assert exc.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "split", str(hf_out), "--train", str(tmp_path / "t.jsonl")])
+    assert exc.value.code == EXIT_USAGE
+    assert "--eval is required" in capsys.readouterr().err
+    # Writing the dataset over its own input folder is refused.
+    assert main(["data", "convert", str(split), "--to", "hf", "-o", str(split)]) == EXIT_USAGE
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "--help"])
+    assert "--to {sharegpt,chatml,hf}" in capsys.readouterr().out

@@ -1,10 +1,12 @@
-"""The convert job: the valid rows of a dataset as ShareGPT or ChatML JSONL, the rest to a
-rejects file (each row with where it came from and its issues).
+"""The convert job: the valid rows of a dataset as ShareGPT or ChatML JSONL (or a saved
+Hugging Face dataset folder), the rest to a rejects file (each row with where it came from and
+its issues).
 
 Contract (docs/data-api.md): :func:`convert_dataset` streams the dataset through
 :class:`~pipeline.data.checked_stream.CheckedStream` and writes both files atomically
-(:class:`~pipeline.data.jsonio.AtomicJsonlWriter`); :func:`reject_row` is the shape of one
-line of a rejects file.
+(:class:`~pipeline.data.jsonio.AtomicJsonlWriter`, or
+:class:`~pipeline.data.hf_output.HfDatasetWriter` for ``to="hf"``); :func:`reject_row` is the
+shape of one line of a rejects file.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from typing import Any, Literal
 
 from pipeline.data.checked_stream import CheckedRecord, CheckedStream, Source
 from pipeline.data.formats.output import conversation_to_chatml, conversation_to_sharegpt
+from pipeline.data.hf_output import HfDatasetWriter, refuse_replacing_inputs
 from pipeline.data.jsonio import AtomicJsonlWriter
 from pipeline.data.loader import resolve_sources
 from pipeline.data.types import DatasetSpec, Issue
 from pipeline.errors import DatasetError
 from pipeline.events import EventSink, StageDone, StopCheck, ignore_event, never_stop
+
+ConvertFormat = Literal["sharegpt", "chatml", "hf"]
+"""``hf``: ShareGPT rows as a saved Hugging Face ``Dataset`` folder (``load_from_disk``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +76,23 @@ def convert_dataset(
     output: Path,
     *,
     spec: DatasetSpec = DatasetSpec(),  # noqa: B008 - frozen, never mutated
-    to: Literal["sharegpt", "chatml"] = "sharegpt",
+    to: ConvertFormat = "sharegpt",
     rejects: Path | None = None,
     on_event: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
 ) -> ConvertResult:
     """Write the valid rows of ``source`` as JSONL in ``to`` format, the others to ``rejects``.
 
-    ``rejects`` defaults to ``<output stem>.rejects.jsonl`` beside the output. Both files are
-    written under temporary names in their folders and renamed at the end, so a failure or a
-    cancel leaves neither under its final name.
+    With ``to="hf"`` the output is a folder: the valid rows as ShareGPT in a saved Hugging Face
+    ``Dataset`` (see :class:`~pipeline.data.hf_output.HfDatasetWriter`); the rejects file is
+    JSONL all the same. ``rejects`` defaults to ``<output stem>.rejects.jsonl`` beside the
+    output. Both are written under temporary names in their folders and renamed at the end, so
+    a failure or a cancel leaves neither under its final name.
 
     Raises:
-        DatasetError: the output or the rejects file is one of the inputs, or ``to`` is unknown.
+        DatasetError: the output or the rejects file is one of the inputs (or, for ``hf``, a
+            folder that holds one, or an existing folder that is not a saved dataset), or
+            ``to`` is unknown.
         JobCancelled: ``should_stop`` returned True.
     """
     started = time.perf_counter()
@@ -90,14 +100,17 @@ def convert_dataset(
     rejects = (
         Path(rejects) if rejects is not None else output.with_name(f"{output.stem}.rejects.jsonl")
     )
-    if to not in ("sharegpt", "chatml"):
-        raise DatasetError(f"unknown output format {to!r}", hint="use 'sharegpt' or 'chatml'")
-    dump = conversation_to_sharegpt if to == "sharegpt" else conversation_to_chatml
+    if to not in ("sharegpt", "chatml", "hf"):
+        raise DatasetError(f"unknown output format {to!r}", hint="use 'sharegpt', 'chatml' or 'hf'")
+    dump = conversation_to_chatml if to == "chatml" else conversation_to_sharegpt
     paths = resolve_sources(source)
     _refuse_overwrite(paths, [output, rejects])
+    if to == "hf":
+        refuse_replacing_inputs(paths, output)
     counts: Counter[str] = Counter()
     stream = CheckedStream(paths, spec, on_event=on_event, should_stop=should_stop, stage="convert")
-    with AtomicJsonlWriter(output) as good, AtomicJsonlWriter(rejects) as bad:
+    writer = HfDatasetWriter(output) if to == "hf" else AtomicJsonlWriter(output)
+    with writer as good, AtomicJsonlWriter(rejects) as bad:
         for checked in stream:
             if checked.conversation is not None:
                 good.write(dump(checked.conversation))
@@ -126,4 +139,4 @@ def convert_dataset(
     return result
 
 
-__all__ = ["ConvertResult", "convert_dataset", "reject_row"]
+__all__ = ["ConvertFormat", "ConvertResult", "convert_dataset", "reject_row"]

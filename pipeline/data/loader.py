@@ -19,6 +19,10 @@ How each file type is read (memory never grows with the file size) is the busine
   are missing values; the cells of the message/history columns hold JSON and are parsed.
 * ``.parquet`` is read with ``pyarrow.parquet.ParquetFile.iter_batches``; nulls are missing
   values. Parquet records have no line, only an index.
+* A folder written by Hugging Face ``datasets``' ``save_to_disk`` (``state.json`` and
+  ``*.arrow`` files) is one source, read memory-mapped with ``datasets.load_from_disk`` (the
+  library is imported only then); a ``DatasetDict`` folder (``dataset_dict.json``) is one
+  source per split, named ``data_dir[train]`` in issues. Like Parquet: an index, no line.
 
 A UTF-8 byte order mark is reported once per file (code ``bom``, a warning) and skipped; the
 rows are read normally. Records that cannot be parsed are :class:`BadRecord` values (with the
@@ -48,14 +52,17 @@ from pipeline.data.readers import (
     BadRecord,
     CsvReader,
     FileReader,
+    HfDatasetReader,
     Item,
     JsonArrayReader,
     JsonlReader,
     ParquetReader,
     RawRecord,
+    hf_dataset_dirs,
     open_reader,
     unsupported_file_error,
 )
+from pipeline.data.readers.hf_dataset import is_hf_dataset, is_hf_dataset_dict
 from pipeline.data.types import DatasetSpec, FormatName, Issue
 from pipeline.errors import DatasetError
 
@@ -66,17 +73,24 @@ def _supported(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS
 
 
+def _inside_hf_dataset(path: Path) -> bool:
+    """A file of a saved Hugging Face dataset (its ``state.json``, ...), not a dataset file."""
+    return is_hf_dataset(path.parent) or is_hf_dataset_dict(path.parent)
+
+
 def resolve_sources(source: str | Path | Sequence[str | Path]) -> list[Path]:
     """Turn a file, a folder, a glob, or a list of those into the dataset files to read.
 
-    A folder contributes its ``*.json``, ``*.jsonl``, ``*.csv`` and ``*.parquet`` files (not
-    hidden ones, not sub-folders), sorted by name; a glob its matching files, sorted, where
-    files of other types are skipped as long as one supported file matches. Duplicates are
-    dropped, order is kept.
+    A folder written by Hugging Face ``save_to_disk`` is recognised first: a ``Dataset``
+    folder is itself one source, a ``DatasetDict`` folder its split folders (in the order of
+    ``dataset_dict.json``). Any other folder contributes its ``*.json``, ``*.jsonl``,
+    ``*.csv`` and ``*.parquet`` files (not hidden ones, not sub-folders), sorted by name; a
+    glob its matching files and saved-dataset folders, sorted, where files of other types are
+    skipped as long as one supported source matches. Duplicates are dropped, order is kept.
 
     Raises:
-        DatasetError: a path does not exist, a folder or glob holds no dataset file, or a file
-            named directly has an unsupported type.
+        DatasetError: a path does not exist, a folder or glob holds no dataset file, a file
+            named directly has an unsupported type, or a ``DatasetDict`` folder is incomplete.
     """
     items = [source] if isinstance(source, str | Path) else list(source)
     if not items:
@@ -84,7 +98,10 @@ def resolve_sources(source: str | Path | Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        hf_dirs = hf_dataset_dirs(path) if path.is_dir() else None
+        if hf_dirs is not None:
+            found.extend(hf_dirs)
+        elif path.is_dir():
             files = sorted(
                 p
                 for p in path.iterdir()
@@ -102,16 +119,22 @@ def resolve_sources(source: str | Path | Sequence[str | Path]) -> list[Path]:
             found.append(path)
         elif glob.has_magic(str(item)):
             matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
-            matches = [m for m in matches if m.is_file()]
-            if not matches:
+            picked: list[Path] = []
+            for match in matches:
+                if match.is_file():
+                    if _supported(match) and not _inside_hf_dataset(match):
+                        picked.append(match)
+                elif match.is_dir():
+                    picked.extend(hf_dataset_dirs(match) or ())
+            if not picked:
+                plain = [m for m in matches if m.is_file()]
+                if plain:
+                    raise unsupported_file_error(plain[0])
                 raise DatasetError(
                     f"the pattern {str(item)!r} matches no file",
                     hint="check the folder and the pattern (quote it so the shell leaves it alone)",
                 )
-            files = [m for m in matches if _supported(m)]
-            if not files:
-                raise unsupported_file_error(matches[0])
-            found.extend(files)
+            found.extend(picked)
         else:
             raise DatasetError(
                 f"{path} does not exist",
@@ -134,13 +157,21 @@ def read_records(path: Path, *, spec: DatasetSpec | None = None) -> Iterator[Raw
     """Stream the records of one file; problems become issues and reading goes on.
 
     ``spec`` names the CSV columns that hold JSON (default: ``conversations``, ``messages``,
-    ``history``). A record that cannot be parsed yields its issues instead of a record.
+    ``history``). A record that cannot be parsed yields its issues instead of a record. A
+    saved Hugging Face ``DatasetDict`` folder streams its splits one after the other.
     """
-    for item in open_reader(path, spec):
-        if isinstance(item, BadRecord):
-            yield from item.issues
-        else:
-            yield item
+    for part in _parts(path):
+        for item in open_reader(part, spec):
+            if isinstance(item, BadRecord):
+                yield from item.issues
+            else:
+                yield item
+
+
+def _parts(path: Path) -> list[Path]:
+    """The sources one path reads as: a ``DatasetDict`` folder's splits, else the path."""
+    path = Path(path)
+    return (hf_dataset_dirs(path) if path.is_dir() else None) or [path]
 
 
 # --------------------------------------------------------------------------------- formats
@@ -155,6 +186,7 @@ def detect_format(path: Path, spec: DatasetSpec = DatasetSpec()) -> FormatName: 
     """
     if spec.format is not None:
         return spec.format
+    path = _parts(path)[0]
     records: list[dict[str, Any]] = []
     for n, item in enumerate(open_reader(path, spec)):
         if isinstance(item, RawRecord):
@@ -179,6 +211,7 @@ __all__ = [
     "BadRecord",
     "CsvReader",
     "FileReader",
+    "HfDatasetReader",
     "Item",
     "JsonArrayReader",
     "JsonlReader",
@@ -187,6 +220,7 @@ __all__ = [
     "detect_format",
     "format_error",
     "guess_format",
+    "hf_dataset_dirs",
     "open_reader",
     "read_records",
     "resolve_sources",

@@ -9,6 +9,10 @@ Additions: ``eval_count`` (an exact number of eval rows; wins over ``eval_fracti
 ``group_by`` ("none" or "id"), ``to`` (output format), and the in-memory
 :func:`split_conversations`.
 
+``to="hf"`` writes ONE saved Hugging Face ``DatasetDict`` folder at ``train_out`` with the
+splits ``train`` and ``eval`` (ShareGPT rows, see :mod:`pipeline.data.hf_output`); ``eval_out``
+is then left out (None). For JSONL output ``eval_out`` is required.
+
 How rows are chosen: each valid row gets a 64-bit key, BLAKE2b of ``seed`` and the row's
 normalised content (the same normalisation as dedup's exact rule), and the ``n_eval`` rows with
 the smallest keys (ties broken by position) go to eval. So the split is
@@ -37,7 +41,8 @@ import os
 import tempfile
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +50,6 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.data.dedup import (
-    OutputFormat,
     normalized_words,
     refuse_inputs,
     row_serializer,
@@ -64,6 +68,9 @@ from pipeline.events import (
 
 STAGE = "split"
 GroupBy = Literal["none", "id"]
+SplitFormat = Literal["sharegpt", "chatml", "hf"]
+"""``hf``: one saved ``DatasetDict`` folder with the splits in :data:`HF_SPLITS`."""
+HF_SPLITS = ("train", "eval")
 
 _PROGRESS_SECONDS = 0.1
 _POLL_EVERY = 1000
@@ -145,6 +152,7 @@ def split_conversations(
 class SplitResult:
     train: Path
     eval: Path
+    """For ``to="hf"`` the same folder as ``train`` (its ``eval`` split)."""
     train_count: int
     eval_count: int
     invalid: int
@@ -160,34 +168,62 @@ class SplitResult:
 def split_dataset(
     source: Any,
     train_out: Path,
-    eval_out: Path,
+    eval_out: Path | None = None,
     *,
     spec: DatasetSpec | None = None,
     eval_fraction: float = 0.1,
     seed: int = 0,
     eval_count: int | None = None,
     group_by: GroupBy = "none",
-    to: OutputFormat = "sharegpt",
+    to: SplitFormat = "sharegpt",
     on_event: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
 ) -> SplitResult:
-    """Split the valid rows of ``source`` into ``train_out`` and ``eval_out`` (JSONL); see the
-    module docstring for the rule."""
+    """Split the valid rows of ``source`` into ``train_out`` and ``eval_out`` (JSONL), or with
+    ``to="hf"`` into the ``train`` and ``eval`` splits of one saved ``DatasetDict`` folder at
+    ``train_out`` (``eval_out`` None); see the module docstring for the rule.
+
+    Raises:
+        DatasetError: bad arguments, an output that is an input (or for ``hf`` a folder that
+            holds one, or an existing folder that is not a saved dataset), ``eval_out``
+            missing for JSONL or given for ``hf``.
+        JobCancelled: ``should_stop`` returned True; nothing was written.
+    """
     import orjson
 
-    from pipeline.data.jsonio import AtomicJsonlWriter
+    from pipeline.data.hf_output import check_hf_target, refuse_replacing_inputs
     from pipeline.data.validate import CheckedStream
 
     start = time.perf_counter()
-    train_out, eval_out = Path(train_out), Path(eval_out)
+    train_out = Path(train_out)
     _check_args(eval_fraction, eval_count, group_by)
-    serialize = row_serializer(to)
+    if to == "hf":
+        if eval_out is not None and Path(eval_out) != train_out:
+            raise DatasetError(
+                "with to='hf' the train and eval splits go into one DatasetDict folder "
+                f"({train_out}); there is no separate eval output",
+                hint="leave eval_out out (None)",
+            )
+        eval_out = train_out
+        serialize = row_serializer("sharegpt")
+    else:
+        if eval_out is None:
+            raise DatasetError(
+                "split needs an eval output file", hint="give eval_out (e.g. eval.jsonl)"
+            )
+        eval_out = Path(eval_out)
+        serialize = row_serializer(to)
     # CheckedStream resolves the sources, polls should_stop every 1,000 records and reports
     # progress in bytes under our stage name.
     stream = CheckedStream(
         source, spec or DatasetSpec(), on_event=on_event, should_stop=should_stop, stage=STAGE
     )
-    refuse_inputs(stream.paths, (train_out, eval_out))
+    if to == "hf":
+        refuse_inputs(stream.paths, (train_out,))
+        refuse_replacing_inputs(stream.paths, train_out)
+        check_hf_target(train_out)
+    else:
+        refuse_inputs(stream.paths, (train_out, eval_out))
     keys = array("Q")
     invalid = 0
     train_out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,13 +247,11 @@ def split_dataset(
         mask = eval_mask(np.frombuffer(keys, dtype=np.uint64), n_eval, grouped=group_by != "none")
         n_eval = int(np.count_nonzero(mask))
         last = time.perf_counter()
-        with (
-            AtomicJsonlWriter(train_out) as train_w,
-            AtomicJsonlWriter(eval_out) as eval_w,
-            staging.open("rb") as staged,
-        ):
+        with ExitStack() as stack:
+            put, commits = _writers(stack, to, train_out, eval_out)
+            staged = stack.enter_context(staging.open("rb"))
             for i, (line, to_eval) in enumerate(zip(staged, mask.tolist(), strict=True)):
-                (eval_w if to_eval else train_w).write(orjson.loads(line))
+                put(orjson.loads(line), to_eval)
                 if i % _POLL_EVERY == 0:
                     if should_stop():
                         raise JobCancelled("Split stopped; no output was written.")
@@ -225,8 +259,8 @@ def split_dataset(
                     if now - last >= _PROGRESS_SECONDS:
                         last = now
                         on_event(Progress(f"{STAGE} write", i, n, "rows"))
-            train_w.commit()
-            eval_w.commit()
+            for commit in commits:
+                commit()
     finally:
         staging.unlink(missing_ok=True)
     result = SplitResult(
@@ -247,3 +281,29 @@ def split_dataset(
         )
     )
     return result
+
+
+def _writers(
+    stack: ExitStack, to: SplitFormat, train_out: Path, eval_out: Path
+) -> tuple[Callable[[dict[str, Any], bool], None], list[Callable[[], None]]]:
+    """The outputs of a split, entered on ``stack``: a function that writes one row to train
+    or eval, and the commits to call at the end."""
+    if to == "hf":
+        from pipeline.data.hf_output import HfDatasetWriter
+
+        hf = stack.enter_context(HfDatasetWriter(train_out, splits=HF_SPLITS))
+
+        def put_hf(row: dict[str, Any], to_eval: bool) -> None:
+            hf.write(row, HF_SPLITS[1] if to_eval else HF_SPLITS[0])
+
+        return put_hf, [hf.commit]
+
+    from pipeline.data.jsonio import AtomicJsonlWriter
+
+    train_w = stack.enter_context(AtomicJsonlWriter(train_out))
+    eval_w = stack.enter_context(AtomicJsonlWriter(eval_out))
+
+    def put(row: dict[str, Any], to_eval: bool) -> None:
+        (eval_w if to_eval else train_w).write(row)
+
+    return put, [train_w.commit, eval_w.commit]

@@ -7,6 +7,8 @@ Every reader streams one file (memory never grows with the file size) as :data:`
 * ``.json`` (one top-level array): :mod:`~pipeline.data.readers.json_array`
 * ``.csv``: :mod:`~pipeline.data.readers.csv_file`
 * ``.parquet``: :mod:`~pipeline.data.readers.parquet`
+* a folder written by Hugging Face ``datasets``' ``save_to_disk``:
+  :mod:`~pipeline.data.readers.hf_dataset` (``datasets`` is imported only then)
 
 The shared parts: :mod:`~pipeline.data.readers.records` (what readers yield),
 :mod:`~pipeline.data.readers.json_object` (one JSON record and its errors) and
@@ -19,6 +21,12 @@ from pathlib import Path
 
 from pipeline.data.readers.base import BOM, FileReader
 from pipeline.data.readers.csv_file import CsvReader
+from pipeline.data.readers.hf_dataset import (
+    HfDatasetReader,
+    hf_dataset_dirs,
+    is_hf_dataset,
+    is_hf_dataset_dict,
+)
 from pipeline.data.readers.json_array import JsonArrayReader
 from pipeline.data.readers.jsonl import JsonlReader
 from pipeline.data.readers.parquet import ParquetReader
@@ -39,7 +47,20 @@ def unsupported_file_error(path: Path) -> DatasetError:
 
 
 def open_reader(path: Path, spec: DatasetSpec | None = None) -> FileReader:
-    """The reader for one dataset file, chosen by its extension."""
+    """The reader for one dataset file, chosen by its extension, or for one saved Hugging
+    Face ``Dataset`` folder (a ``DatasetDict`` folder is several: see ``hf_dataset_dirs``)."""
+    if path.is_dir():
+        if is_hf_dataset(path):
+            return HfDatasetReader(path, spec)
+        if is_hf_dataset_dict(path):
+            raise DatasetError(
+                f"{path} is a saved DatasetDict: one reader per split",
+                hint="read it through resolve_sources or read_records, or name one split folder",
+            )
+        raise DatasetError(
+            f"{path} is a folder, not a dataset file",
+            hint="name its files, or pass the folder where a source is expected",
+        )
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return JsonlReader(path, spec)
@@ -58,11 +79,13 @@ __all__ = [
     "BadRecord",
     "CsvReader",
     "FileReader",
+    "HfDatasetReader",
     "Item",
     "JsonArrayReader",
     "JsonlReader",
     "ParquetReader",
     "RawRecord",
+    "hf_dataset_dirs",
     "open_reader",
     "unsupported_file_error",
 ]
