@@ -178,6 +178,17 @@ def _counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{code} {n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _default_outputs(args: argparse.Namespace, job: str) -> tuple[Path, Path]:
+    """The workspace's default output names for ``job`` (the same the TUI offers)."""
+    from pipeline.workspace import Workspace
+
+    source = args.files[0] if len(args.files) == 1 else "dataset"
+    main_out, second = Workspace.default().dataset_outputs(source, job)  # type: ignore[arg-type]
+    if getattr(args, "to", None) == "hf":
+        main_out = main_out.with_suffix("")  # a folder, not a .jsonl
+    return main_out, second
+
+
 # --- data commands --------------------------------------------------------------------------
 
 
@@ -232,7 +243,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with _Printer(err) as printer:
         result = convert_dataset(
             args.files,
-            Path(args.output),
+            Path(args.output) if args.output else _default_outputs(args, "convert")[0],
             spec=_spec(args),
             to=args.to,
             rejects=Path(args.rejects) if args.rejects else None,
@@ -256,7 +267,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     with _Printer(err) as printer:
         result = dedup_dataset(
             args.files,
-            Path(args.output),
+            Path(args.output) if args.output else _default_outputs(args, "dedup")[0],
             spec=_spec(args),
             near_threshold=None if args.no_near else args.near_threshold,
             removed=Path(args.removed) if args.removed else None,
@@ -275,14 +286,20 @@ def cmd_split(args: argparse.Namespace) -> int:
             "--to hf writes one DatasetDict folder (--train) with train and eval splits; "
             "leave --eval out."
         )
-    if args.to != "hf" and not args.eval:
-        raise _UsageError("--eval is required (unless --to hf).")
+    if args.to != "hf" and bool(args.train) != bool(args.eval):
+        raise _UsageError(
+            "--eval is required with --train (and --train with --eval); "
+            "leave both out to write to the workspace."
+        )
+    default_train, default_eval = _default_outputs(args, "split")
+    train = Path(args.train) if args.train else default_train
+    held_out = None if args.to == "hf" else Path(args.eval) if args.eval else default_eval
     err = _err_console()
     with _Printer(err) as printer:
         result = split_dataset(
             args.files,
-            Path(args.train),
-            Path(args.eval) if args.eval else None,
+            train,
+            held_out,
             spec=_spec(args),
             eval_fraction=args.eval_fraction,
             seed=args.seed,
@@ -462,9 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        required=True,
         metavar="OUT",
-        help="output .jsonl; with --to hf a folder (a saved Hugging Face Dataset)",
+        help="output .jsonl; with --to hf a folder (a saved Hugging Face Dataset) "
+        "(default: <workspace>/datasets/<name>.converted.jsonl)",
     )
     p.add_argument(
         "--to",
@@ -480,7 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add_data("dedup", "remove exact and near-duplicate conversations", cmd_dedup)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .jsonl")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output .jsonl (default: <workspace>/datasets/<name>.dedup.jsonl)",
+    )
     p.add_argument(
         "--near-threshold",
         type=float,
@@ -499,11 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_data("split", "seeded train/eval split", cmd_split)
     p.add_argument(
         "--train",
-        required=True,
         metavar="OUT",
-        help="train .jsonl; with --to hf the DatasetDict folder that holds both splits",
+        help="train .jsonl; with --to hf the DatasetDict folder that holds both splits "
+        "(default: <workspace>/datasets/<name>.train.jsonl)",
     )
-    p.add_argument("--eval", metavar="OUT", help="eval .jsonl (required unless --to hf)")
+    p.add_argument(
+        "--eval",
+        metavar="OUT",
+        help="eval .jsonl, not with --to hf (default: <workspace>/datasets/<name>.eval.jsonl)",
+    )
     p.add_argument(
         "--to",
         choices=("sharegpt", "chatml", "hf"),

@@ -10,6 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+DatasetJob = Literal["convert", "dedup", "split"]
+
+DATASET_OUTPUT_SUFFIXES: dict[DatasetJob, tuple[str, str]] = {
+    "convert": (".converted.jsonl", ".converted.rejects.jsonl"),
+    "dedup": (".dedup.jsonl", ".dedup.removed.jsonl"),
+    "split": (".train.jsonl", ".eval.jsonl"),
+}
+"""What each dataset job writes by default: (main output, second output)."""
 
 ENV_VAR = "GEMMA_TUI_WORKSPACE"
 
@@ -49,3 +59,14 @@ class Workspace:
     def datasets_dir(self) -> Path:
         """Default home of converted, deduplicated and split datasets."""
         return self.root / "datasets"
+
+    def dataset_outputs(self, source: str | Path, job: DatasetJob) -> tuple[Path, Path]:
+        """Where ``job`` writes by default: the datasets folder, named after the input
+        (``data/chat.jsonl`` -> ``<workspace>/datasets/chat.converted.jsonl`` and
+        ``chat.converted.rejects.jsonl``). The TUI and the CLI use the same names."""
+        path = Path(source)
+        stem = path.stem if path.suffix else (path.name or "dataset")
+        if any(c in stem for c in "*?["):
+            stem = "dataset"
+        first, second = DATASET_OUTPUT_SUFFIXES[job]
+        return self.datasets_dir / f"{stem}{first}", self.datasets_dir / f"{stem}{second}"

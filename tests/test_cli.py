@@ -196,3 +196,25 @@ def test_convert_and_split_to_hf(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         main(["data", "convert", "--help"])
     assert "--to {sharegpt,chatml,hf}" in capsys.readouterr().out
+
+
+def test_outputs_default_to_the_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without -o the CLI writes where the TUI would: <workspace>/datasets/<name>.<job>..."""
+    monkeypatch.setenv("GEMMA_TUI_WORKSPACE", str(tmp_path))
+    assert main(["data", "convert", str(SAMPLES / "sample_chatml.jsonl")]) == EXIT_INVALID
+    datasets = tmp_path / "datasets"
+    converted = datasets / "sample_chatml.converted.jsonl"
+    assert len(converted.read_text(encoding="utf-8").splitlines()) == 10
+    assert (datasets / "sample_chatml.converted.rejects.jsonl").is_file()
+    assert main(["data", "dedup", str(converted)]) == EXIT_OK
+    assert main(["data", "split", str(converted), "--eval-fraction", "0.2"]) == EXIT_OK
+    assert sorted(p.name for p in datasets.iterdir()) == [
+        "sample_chatml.converted.dedup.jsonl",
+        "sample_chatml.converted.dedup.removed.jsonl",
+        "sample_chatml.converted.eval.jsonl",
+        "sample_chatml.converted.jsonl",
+        "sample_chatml.converted.rejects.jsonl",
+        "sample_chatml.converted.train.jsonl",
+    ]

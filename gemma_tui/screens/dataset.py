@@ -370,9 +370,7 @@ class DatasetScreen(JobScreen):
             return
         fields = [
             OutputField(label, default)
-            for (label, _), default in zip(
-                OUTPUTS[kind], default_outputs(source, kind), strict=True
-            )
+            for label, default in zip(OUTPUTS[kind], default_outputs(source, kind), strict=True)
         ]
         modal = OutputPathsModal(
             f"{title} {source}",

@@ -27,21 +27,13 @@ if TYPE_CHECKING:
 
 JobKind = Literal["open", "stats", "validate", "convert", "dedup", "split"]
 
-OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "convert": (
-        ("Valid rows (JSONL)", ".converted.jsonl"),
-        ("Rejected rows, with their issues", ".converted.rejects.jsonl"),
-    ),
-    "dedup": (
-        ("Kept rows (JSONL)", ".dedup.jsonl"),
-        ("Removed rows, and what they duplicate", ".dedup.removed.jsonl"),
-    ),
-    "split": (
-        ("Train rows (JSONL)", ".train.jsonl"),
-        ("Eval rows (JSONL, 10%)", ".eval.jsonl"),
-    ),
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "convert": ("Valid rows (JSONL)", "Rejected rows, with their issues"),
+    "dedup": ("Kept rows (JSONL)", "Removed rows, and what they duplicate"),
+    "split": ("Train rows (JSONL)", "Eval rows (JSONL, 10%)"),
 }
-"""Per job: (label, file-name suffix) of each output the user may edit before it runs."""
+"""Per job: the label of each output the user may edit before it runs (the default names are
+the workspace's, :meth:`pipeline.workspace.Workspace.dataset_outputs`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +80,10 @@ class DataJob:
 
 
 def default_outputs(source: str, kind: str) -> list[Path]:
-    """Where ``kind`` writes by default: the workspace's datasets folder, named after the input
-    (``data/chat.jsonl`` -> ``<workspace>/datasets/chat.converted.jsonl``)."""
+    """Where ``kind`` writes by default (the workspace's naming, shared with the CLI)."""
     from pipeline.workspace import Workspace
 
-    path = Path(source)
-    stem = path.stem if path.suffix else (path.name or "dataset")
-    if any(c in stem for c in "*?["):
-        stem = "dataset"
-    folder = Workspace.default().datasets_dir
-    return [folder / f"{stem}{suffix}" for _, suffix in OUTPUTS[kind]]
+    return list(Workspace.default().dataset_outputs(source, kind))  # type: ignore[arg-type]
 
 
 def open_view(
