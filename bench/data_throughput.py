@@ -7,8 +7,8 @@ peak RSS is its own:
 * validate + convert + format: every record streamed through ``iter_checked`` (parse, convert,
   pandera checks) and every valid conversation rendered with the Gemma 3 template;
 * tokenize: the formatted texts of the first rows through the real Gemma 3 tokenizer;
-* the same validate + convert + format on a file 5x larger, to show that peak RSS does not grow
-  with the file.
+* the same validate + convert + format on files 5x and 10x larger (the ShareGPT 10x file is
+  over 2 GB), to show that peak RSS does not grow with the file.
 
 Run: ``uv run python bench/data_throughput.py [--rows 200000] [--shared ../shared/datasets]``.
 Writes ``bench/results/data_throughput.md``.
@@ -151,12 +151,14 @@ def main() -> None:
 
     rows = {}
     sizes = {}
-    for fmt in ("sharegpt", "alpaca"):
-        for mult in (1, 5):
+    for fmt, mults in (("sharegpt", (1, 5, 10)), ("alpaca", (1, 5))):
+        for mult in mults:
             path = args.work / f"{fmt}_{mult}x.jsonl"
             sizes[(fmt, mult)] = build_corpus(args.shared, path, args.rows * mult, fmt)
             rows[(fmt, mult)] = run_child("validate", str(path))
             print(fmt, mult, rows[(fmt, mult)], flush=True)
+            if mult > 1:
+                path.unlink()  # the big files are only needed once
     tok = run_child("tokenize", str(args.work / "sharegpt_1x.jsonl"), str(args.tokenize_rows))
     print("tokenize", tok, flush=True)
 
