@@ -5,8 +5,9 @@ Each stage of a fine-tune is a Textual *mode* with its own screen stack: ``datas
 Only screens that work are listed. Workers belong to the mode screens (which stay mounted
 while the app runs) or to the app, never to a modal.
 
-Startup is kept light: nothing here imports ``pipeline.data`` (pandas, pandera, pyarrow,
-datasets) or the model stack (jax, keras); the screens import them inside workers.
+Startup is kept light: nothing here imports the data stack (pandas, pandera, pyarrow,
+datasets, through ``pipeline.data``'s modules; only its plain ``pipeline.data.types``) or the
+model stack (jax, keras); the screens import them inside workers.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ PALETTE_COMMANDS: tuple[PaletteCommand, ...] = (
         "dataset_command('open')",
     ),
     PaletteCommand(
+        "Reopen dataset with a format or names",
+        "Read the open file again with another format, or other column or role names",
+        "dataset_command('reopen')",
+    ),
+    PaletteCommand(
         "Validate dataset",
         "Check every row and count the problems by kind",
         "dataset_command('validate')",
@@ -77,6 +83,11 @@ PALETTE_COMMANDS: tuple[PaletteCommand, ...] = (
     PaletteCommand("Split dataset", "Write a train and an eval file", "dataset_command('split')"),
     PaletteCommand(
         "Dataset statistics", "Token-length histogram and summary", "dataset_command('stats')"
+    ),
+    PaletteCommand(
+        "Statistics sequence length",
+        "Change the max_seq_len the token statistics measure against",
+        "dataset_command('max_seq_len')",
     ),
     PaletteCommand(
         "Jump to next error", "Move to the next invalid row", "dataset_command('next_error')"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import ContentSwitcher, Footer, Header, Static
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -31,16 +31,20 @@ from gemma_tui.screens.dataset_jobs import (
     StatsOutcome,
     default_outputs,
     describe_result,
+    describe_source,
     measure,
     open_view,
     read_window,
     run_data_job,
 )
+from gemma_tui.screens.dataset_keys import DATASET_BINDINGS, NEEDS_DATASET, RECORD_KEYS, WELCOME
+from gemma_tui.screens.dataset_modals import SeqLenModal, SpecModal
 from gemma_tui.screens.help import HelpSection, describe_bindings
 from gemma_tui.screens.job_screen import JobScreen
 from gemma_tui.screens.modals import (
     ErrorModal,
     FileOpenModal,
+    OpenRequest,
     OutputChoice,
     OutputField,
     OutputPathsModal,
@@ -59,48 +63,16 @@ if TYPE_CHECKING:
     from pipeline.data.validate import CheckedRecord
     from pipeline.models.tokenizer import GemmaTokenizer
 
-MAX_SEQ_LEN = 1024
-"""Sequence length the stats are measured against (the profiles' default)."""
+DEFAULT_MAX_SEQ_LEN = 1024
+"""Sequence length the stats are measured against at first (the profiles' default)."""
 HISTOGRAM_BINS = 24
-
-WELCOME = """\
-[b]No dataset open.[/b]
-
-Press [b]o[/b] to open a .jsonl, .json, .csv or .parquet file (or a folder of them),
-or [b]ctrl+p[/b] for every command, [b]?[/b] for the keys.
-
-Try: pipeline/data/samples/sample_sharegpt.jsonl
-"""
 
 
 class DatasetScreen(JobScreen):
     """Open a dataset, browse it, find its errors, convert/dedup/split it, measure it."""
 
     CSS_PATH = Path(__file__).with_name("dataset.tcss")
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("o", "open", "Open", tooltip="Open a dataset file or folder"),
-        Binding("v", "validate", "Validate", tooltip="Check every row; count the problems by kind"),
-        Binding("c", "convert", "Convert", tooltip="Write the valid rows, and a rejects file"),
-        Binding("d", "dedup", "Dedup", tooltip="Remove exact and near duplicates"),
-        Binding("p", "split", "Split", tooltip="Write a train file and an eval file"),
-        Binding("s", "stats", "Stats", tooltip="Show or hide the token statistics"),
-        Binding(
-            "n,right_square_bracket",
-            "next_error",
-            "Next error",
-            key_display="n",
-            tooltip="Jump to the next invalid row",
-        ),
-        Binding(
-            "N,left_square_bracket",
-            "previous_error",
-            "Prev error",
-            key_display="N",
-            tooltip="Jump to the previous invalid row",
-        ),
-        # Not in the footer: the job bar shows "esc cancel" while a job runs.
-        Binding("escape", "cancel_job", "Cancel job", tooltip="Stop the running job", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = DATASET_BINDINGS
 
     def __init__(self, source: str | None = None) -> None:
         super().__init__()
@@ -109,7 +81,10 @@ class DatasetScreen(JobScreen):
         self.source: str | None = None
         self.spec: DatasetSpec | None = None
         self.tokenizer: GemmaTokenizer | None = None
-        self._stats_source: str | None = None
+        self.max_seq_len = DEFAULT_MAX_SEQ_LEN
+        """What the stats measure against (``m`` changes it)."""
+        self._stats_of: tuple[str, int] | None = None
+        """(source, max_seq_len) of the stats shown."""
         # OpenedDataset reads records by seeking one file handle; a cancelled window
         # worker may still be reading while the next one starts.
         self._read_lock = threading.Lock()
@@ -133,37 +108,20 @@ class DatasetScreen(JobScreen):
     def on_mount(self) -> None:
         self.title = "Dataset"
         self.query_one(RecordDetail).border_title = "Record, as the model sees it"
-        self.query_one(StatsPane).border_title = f"Token statistics (max_seq_len {MAX_SEQ_LEN:,})"
+        self._title_stats()
         if self.initial_source:
             self.open_source(self.initial_source)
 
     def help_sections(self) -> list[HelpSection]:
         return [
             ("Dataset", describe_bindings(self.app, self.BINDINGS)),
-            (
-                "Records",
-                [
-                    ("↑ / ↓", "Previous / next record (loads more rows at the edges)"),
-                    ("pgup / pgdn", "Page up / down"),
-                    ("g / G", "First / last record"),
-                    ("tab", "Move between the records, the issues and the detail"),
-                    ("enter", "On an issue: jump to its row"),
-                ],
-            ),
+            ("Records", RECORD_KEYS),
         ]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_job":
             return self.busy
-        if action in {
-            "validate",
-            "convert",
-            "dedup",
-            "split",
-            "stats",
-            "next_error",
-            "previous_error",
-        }:
+        if action in NEEDS_DATASET:
             return True if self.dataset is not None else None
         return True
 
@@ -183,9 +141,12 @@ class DatasetScreen(JobScreen):
             self._show_dataset(result)
         elif kind == "stats" and isinstance(result, StatsOutcome):
             self.tokenizer = result.tokenizer
-            self._stats_source = result.source
+            self._stats_of = (result.source, result.stats.max_seq_len)
             self.query_one(StatsPane).show_stats(
-                result.stats, edges=result.edges, counts=result.counts, max_seq_len=MAX_SEQ_LEN
+                result.stats,
+                edges=result.edges,
+                counts=result.counts,
+                max_seq_len=result.stats.max_seq_len,
             )
             self._refresh_detail()
         else:
@@ -194,21 +155,33 @@ class DatasetScreen(JobScreen):
     # ---- open
 
     def action_open(self) -> None:
-        def chosen(source: str | None) -> None:
-            if source:
-                self.open_source(source)
+        def chosen(request: OpenRequest | None) -> None:
+            if request is not None:
+                self.open_source(request.source, request.spec)
 
-        self.app.push_screen(FileOpenModal(self.source), chosen)
+        self.app.push_screen(FileOpenModal(self.source, self.spec), chosen)
 
-    def open_source(self, source: str) -> None:
-        """Open ``source`` (a file, a folder or a glob) in a worker."""
+    def action_reopen(self) -> None:
+        source = self.source
+        if source is None or self.say_busy():
+            return
+
+        def chosen(spec: DatasetSpec | None) -> None:
+            if spec is not None:
+                self.open_source(source, spec)
+
+        self.app.push_screen(SpecModal(source, self.spec), chosen)
+
+    def open_source(self, source: str, spec: DatasetSpec | None = None) -> None:
+        """Open ``source`` (a file, a folder or a glob) in a worker, read as ``spec`` says
+        (None: detect the format per file). What was open stays open if this fails."""
         job = self.start_job("open", f"Opening {source}")
         if job is not None:
-            job.worker = self._open_worker(source, job.job_id)
+            job.worker = self._open_worker(source, spec, job.job_id)
 
     @work(thread=True, exit_on_error=False, group="job", description="Opening a dataset")
-    def _open_worker(self, source: str, job_id: int) -> OpenedView:
-        body = partial(open_view, source, window_size=WINDOW_SIZE, lock=self._read_lock)
+    def _open_worker(self, source: str, spec: DatasetSpec | None, job_id: int) -> OpenedView:
+        body = partial(open_view, source, spec, window_size=WINDOW_SIZE, lock=self._read_lock)
         return self.run_job(job_id, body)
 
     def _show_dataset(self, view: OpenedView) -> None:
@@ -216,9 +189,8 @@ class DatasetScreen(JobScreen):
         self.dataset = dataset
         self.source = view.source
         self.spec = dataset.spec
-        self._stats_source = None
-        formats = sorted(set(dataset.formats.values()))
-        self.sub_title = f"{view.source} · {', '.join(formats) or 'no records'}"
+        self._stats_of = None
+        self.sub_title = describe_source(view.source, dataset)
         self.query_one("#dataset-body", ContentSwitcher).current = "browser"
         self.query_one("#right", ContentSwitcher).current = "detail"
         self.query_one(StatsPane).reset()
@@ -297,29 +269,26 @@ class DatasetScreen(JobScreen):
         return table.cursor_index or 0
 
     def action_next_error(self) -> None:
-        if self.dataset is None:
-            return
-        index = self._current_index()
-        target = self.dataset.next_error(index)
-        if target is None:
-            if not len(self.dataset.error_indices):
-                self.notify("No invalid rows.", title="Next error")
-                return
-            target = self.dataset.error_indices[0]
-            self.notify("Wrapped to the first invalid row.", title="Next error")
-        self.query_one(RecordTable).go_to(target)
+        self._jump_to_error(forward=True)
 
     def action_previous_error(self) -> None:
-        if self.dataset is None:
+        self._jump_to_error(forward=False)
+
+    def _jump_to_error(self, *, forward: bool) -> None:
+        dataset = self.dataset
+        if dataset is None:
             return
+        title = "Next error" if forward else "Previous error"
         index = self._current_index()
-        target = self.dataset.previous_error(index)
+        target = dataset.next_error(index) if forward else dataset.previous_error(index)
         if target is None:
-            if not len(self.dataset.error_indices):
-                self.notify("No invalid rows.", title="Previous error")
+            if not len(dataset.error_indices):
+                self.notify("No invalid rows.", title=title)
                 return
-            target = self.dataset.error_indices[-1]
-            self.notify("Wrapped to the last invalid row.", title="Previous error")
+            target = dataset.error_indices[0 if forward else -1]
+            self.notify(
+                f"Wrapped to the {'first' if forward else 'last'} invalid row.", title=title
+            )
         self.query_one(RecordTable).go_to(target)
 
     # ---- stats
@@ -332,7 +301,31 @@ class DatasetScreen(JobScreen):
             right.current = "detail"
             return
         right.current = "stats"
-        if self._stats_source == self.source or self.busy:
+        self._measure()
+
+    def action_max_seq_len(self) -> None:
+        if self.dataset is None or self.say_busy():
+            return
+
+        def chosen(length: int | None) -> None:
+            if length is None:
+                return
+            self.max_seq_len = length
+            self._title_stats()
+            self.query_one("#right", ContentSwitcher).current = "stats"
+            self._measure()
+
+        self.app.push_screen(SeqLenModal(self.max_seq_len), chosen)
+
+    def _title_stats(self) -> None:
+        stats = self.query_one(StatsPane)
+        stats.border_title = f"Token statistics (max_seq_len {self.max_seq_len:,})"
+        stats.border_subtitle = "m changes max_seq_len"
+
+    def _measure(self) -> None:
+        """Compute the stats of the open dataset at ``max_seq_len`` unless they are shown."""
+        source = self.source
+        if source is None or self._stats_of == (source, self.max_seq_len) or self.busy:
             return
         first = self.tokenizer is None
         job = self.start_job("stats", "Token statistics")
@@ -343,14 +336,21 @@ class DatasetScreen(JobScreen):
                 "loading the tokenizer (the first time it is built from the embedded GGUF, ~30 s)"
             )
         self.query_one(StatsPane).show_computing(first_time=first)
-        job.worker = self._stats_worker(self.source, self.spec, self.tokenizer, job.job_id)
+        job.worker = self._stats_worker(
+            source, self.spec, self.tokenizer, self.max_seq_len, job.job_id
+        )
 
     @work(thread=True, exit_on_error=False, group="job", description="Token statistics")
     def _stats_worker(
-        self, source: str, spec: DatasetSpec | None, tokenizer: GemmaTokenizer | None, job_id: int
+        self,
+        source: str,
+        spec: DatasetSpec | None,
+        tokenizer: GemmaTokenizer | None,
+        max_seq_len: int,
+        job_id: int,
     ) -> StatsOutcome:
         body = partial(
-            measure, source, spec, tokenizer, max_seq_len=MAX_SEQ_LEN, bins=HISTOGRAM_BINS
+            measure, source, spec, tokenizer, max_seq_len=max_seq_len, bins=HISTOGRAM_BINS
         )
         return self.run_job(job_id, body)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gemma_tui.widgets.issue_list import MAX_LISTED, IssueEntry
+from gemma_tui.widgets.spec_fields import describe_spec
 
 if TYPE_CHECKING:
     from pipeline.data.browse import OpenedDataset
@@ -88,16 +89,21 @@ def default_outputs(source: str, kind: str) -> list[Path]:
 
 def open_view(
     source: str,
+    spec: DatasetSpec | None,
     *,
     window_size: int,
     lock: threading.Lock,
     on_event: EventSink,
     should_stop: StopCheck,
 ) -> OpenedView:
-    """Open ``source`` (one streaming pass), then read its first window and its issues."""
+    """Open ``source`` as ``spec`` says (None: detect the format per file) in one streaming
+    pass, then read its first window and its issues."""
     from pipeline.data.browse import open_dataset
+    from pipeline.data.types import DatasetSpec
 
-    dataset = open_dataset(source, on_event=on_event, should_stop=should_stop)
+    dataset = open_dataset(
+        source, spec or DatasetSpec(), on_event=on_event, should_stop=should_stop
+    )
     with lock:
         records = tuple(dataset.checked(i) for i in range(min(window_size, len(dataset))))
     entries: list[IssueEntry] = [
@@ -229,3 +235,14 @@ def describe_result(kind: str, result: Any) -> str:
             f"{result.invalid:,} invalid rows skipped"
         )
     return str(result)
+
+
+def describe_source(source: str, dataset: OpenedDataset) -> str:
+    """The screen's subtitle: the source, its formats (marked "(set)" when the spec chose the
+    format rather than detection) and the column and role names the spec renames."""
+    formats = ", ".join(sorted(set(dataset.formats.values())))
+    if formats and dataset.spec.format is not None:
+        formats += " (set)"
+    text = f"{source} · {formats or ('format unknown' if len(dataset) else 'no records')}"
+    renamed = describe_spec(dataset.spec)
+    return f"{text} · {renamed}" if renamed else text

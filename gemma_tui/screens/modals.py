@@ -1,4 +1,4 @@
-"""Small modal screens: confirm, error, open a file, choose output paths.
+"""Small modal screens: confirm, error, open a file (and how to read it), choose output paths.
 
 Modals only collect an answer and ``dismiss`` it; they never start workers (Textual cancels
 a node's workers when it is removed), so the screen that pushed them runs the job.
@@ -21,9 +21,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Select, Static
 
 from gemma_tui.widgets.path_input import DATASET_SUFFIXES, PathInput
+from gemma_tui.widgets.spec_fields import SpecFields
 
 if TYPE_CHECKING:
     from textual.app import ComposeResult
+
+    from pipeline.data.types import DatasetSpec
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -140,17 +143,33 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-class FileOpenModal(ModalScreen[str | None]):
-    """Asks for a dataset: type a path (Tab/→ completes it) or pick one in the tree."""
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """What the open modal returns: the source as typed, and how to read it."""
+
+    source: str
+    spec: DatasetSpec
+
+
+class FileOpenModal(ModalScreen[OpenRequest | None]):
+    """Asks for a dataset: type a path (Tab/→ completes it) or pick one in the tree; and how
+    to read it (format, column and role names; ``spec`` prefills them)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
     ]
     AUTO_FOCUS = "#open-path"
 
-    def __init__(self, start: str | None = None, *, root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        start: str | None = None,
+        spec: DatasetSpec | None = None,
+        *,
+        root: str | Path | None = None,
+    ) -> None:
         super().__init__(classes="modal")
         self.start = start or ""
+        self.spec = spec
         self.root = Path(root) if root is not None else Path.cwd()
 
     def compose(self) -> ComposeResult:
@@ -163,23 +182,31 @@ class FileOpenModal(ModalScreen[str | None]):
             )
             yield PathInput(self.start, placeholder="path/to/data.jsonl", id="open-path")
             yield Label("", classes="dialog-error", id="open-error")
+            yield SpecFields(self.spec, id="open-spec")
             yield DatasetDirectoryTree(self.root, id="open-tree")
 
-    @on(Input.Submitted, "#open-path")
-    def _submitted(self, event: Input.Submitted) -> None:
-        value = event.value.strip()
+    def _open(self, value: str) -> None:
+        error = self.query_one("#open-error", Label)
         if not value:
-            self.query_one("#open-error", Label).update("Type a path first.")
+            error.update("Type a path first.")
             return
         if not Path(os.path.expanduser(value)).exists() and not any(c in value for c in "*?["):
-            self.query_one("#open-error", Label).update(f"Not found: {value}")
+            error.update(f"Not found: {value}")
             return
-        self.dismiss(value)
+        spec = self.query_one(SpecFields).spec()
+        if spec is None:
+            error.update("Fix the column or role names first (the reason is below them).")
+            return
+        self.dismiss(OpenRequest(value, spec))
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self._open(self.query_one("#open-path", Input).value.strip())
 
     @on(DirectoryTree.FileSelected)
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
         event.stop()
-        self.dismiss(_display_path(event.path))
+        self._open(_display_path(event.path))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

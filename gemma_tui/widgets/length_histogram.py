@@ -25,6 +25,11 @@ class LengthHistogram(PlotextPlot):
         super().on_mount()
         self.replot()
 
+    @property
+    def limit(self) -> int | None:
+        """Where the red ``max_seq_len`` line is drawn (None: no line)."""
+        return self._limit
+
     def set_series(
         self, edges: Sequence[float], counts: Sequence[int], *, limit: int | None
     ) -> None:
@@ -55,14 +60,17 @@ class LengthHistogram(PlotextPlot):
         bin_width = (edges[-1] - edges[0]) / len(counts)
         plt.bar(centers, counts, width=0.8, color="cyan", marker="hd")
         low, high = edges[0], edges[-1]
-        if limit is not None and limit <= high + (high - low) * 0.25:
-            plt.vline(limit, "red")
-            high = max(high, limit + bin_width)
-            plt.title(f"Tokens per record (red: max_seq_len {limit:,})")
-        elif limit is not None:
-            plt.title(f"Tokens per record (all under max_seq_len {limit:,})")
-        else:
+        margin = (high - low) * 0.25  # how far out of the bars the red line may widen the plot
+        if limit is None:
             plt.title("Tokens per record")
+        elif limit > high + margin:
+            plt.title(f"Tokens per record (all under max_seq_len {limit:,})")
+        elif limit < low - margin:
+            plt.title(f"Tokens per record (all over max_seq_len {limit:,})")
+        else:
+            plt.vline(limit, "red")
+            low, high = min(low, limit - bin_width), max(high, limit + bin_width)
+            plt.title(f"Tokens per record (red: max_seq_len {limit:,})")
         plt.xlim(low - bin_width / 2, high + bin_width / 2)
         ticks = [low + (high - low) * k / 4 for k in range(5)]
         plt.xticks(ticks, [f"{round(t):,}" for t in ticks])

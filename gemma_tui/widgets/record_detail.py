@@ -4,7 +4,9 @@ A valid record is rendered with the Gemma 3 chat template
 (:func:`pipeline.data.formatter.format_conversation`): the characters inside
 ``trained_spans`` (the model turns, each with its ``<end_of_turn>``) are shown in the
 "trained" colour, everything else (prompt, headers, ``<bos>``) dim. Once a tokenizer is
-loaded, token boundaries are shown too, by alternating the background of neighbouring tokens.
+loaded, token boundaries are shown too, by alternating the background of neighbouring tokens
+(:meth:`~pipeline.models.tokenizer.GemmaTokenizer.token_spans`; a character spelled by
+byte-fallback pieces is shown as one token).
 An invalid record is shown as its raw row with the issues found in it.
 """
 
@@ -35,22 +37,6 @@ TOKEN_BACKGROUNDS = ("on #262a33", "")
 SPECIAL_TOKENS = ("<bos>", "<start_of_turn>", "<end_of_turn>")
 
 
-def token_char_spans(tokenizer: GemmaTokenizer, text: str) -> list[tuple[int, int]] | None:
-    """``[start, end)`` character spans of the tokens of ``text``, or None if they cannot
-    be lined up with the text (e.g. byte-fallback pieces of a rare character)."""
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for token_id in tokenizer.encode(text):
-        piece = tokenizer.decode([token_id])
-        if not piece:
-            continue
-        if not text.startswith(piece, pos):
-            return None
-        spans.append((pos, pos + len(piece)))
-        pos += len(piece)
-    return spans if pos == len(text) else None
-
-
 def render_formatted(
     formatted: FormattedText, token_spans: Sequence[tuple[int, int]] | None = None
 ) -> Text:
@@ -64,7 +50,9 @@ def render_formatted(
             text.stylize(SPECIAL_STYLE, start, start + len(token))
             start = formatted.text.find(token, start + len(token))
     if token_spans:
-        for number, (start, end) in enumerate(token_spans):
+        # Empty spans (the byte-fallback pieces after a character's first) take no turn.
+        shown = [(start, end) for start, end in token_spans if end > start]
+        for number, (start, end) in enumerate(shown):
             background = TOKEN_BACKGROUNDS[number % 2]
             if background:
                 text.stylize(background, start, end)
@@ -153,7 +141,7 @@ class RecordDetail(VerticalScroll):
         if tokenizer is not None:
             ids, mask = tokenizer.encode_with_mask(formatted)
             header.append(f" · {len(ids):,} tokens, {sum(mask):,} trained")
-            token_spans = token_char_spans(tokenizer, formatted.text)
+            token_spans = tokenizer.token_spans(formatted.text)
         header.append("\n")
         header.append(" trained ", style=TRAINED_STYLE + " reverse")
         header.append(" ")

@@ -10,8 +10,9 @@ Contract (docs/data-api.md)::
     GemmaTokenizer.vocab_size
 
 Additions: ``load_tokenizer(..., gguf=path)`` (any local Gemma 3 ``.gguf``; default the embedded
-270M file), ``GemmaTokenizer.encode_batch_with_mask``, ``from_proto`` / ``from_file``, the
-special ids as attributes, :func:`build_proto` and :func:`tokenizer_cache_path`.
+270M file), ``GemmaTokenizer.encode_batch_with_mask``, ``GemmaTokenizer.token_spans(text)``
+(the character span of each token), ``from_proto`` / ``from_file``, the special ids as
+attributes, :func:`build_proto` and :func:`tokenizer_cache_path`.
 
 No Google ``tokenizer.model`` can be downloaded on the build machines, so the SentencePiece
 ``ModelProto`` is rebuilt from the GGUF's ``tokenizer.ggml.{tokens,scores,token_type}``
@@ -388,6 +389,32 @@ class GemmaTokenizer:
         all_ids = self.encode_batch([f.text for f in formatted])
         return [(ids, self._mask(f, ids)) for f, ids in zip(formatted, all_ids, strict=True)]
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """``[start, end)`` character span in ``text`` of each token of ``encode(text)``.
+
+        The spans tile the text: the first starts at 0, each starts where the one before it
+        ends, the last ends at ``len(text)``. A character that SentencePiece spells with
+        byte-fallback pieces (``<0xF0>``, ``<0x9F>``, ...: one per UTF-8 byte) belongs to the
+        piece of its first byte; the pieces of its other bytes get empty spans. A literal
+        ``'▁'`` (U+2581) is placed exactly too, though it decodes as a space.
+        """
+        ids = self.encode(text)
+        if not ids:
+            return []
+        starts = self._token_starts(text, ids)
+        if text.isascii():
+            bounds = starts.tolist()
+            bounds.append(len(text))
+        else:
+            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            # chars[b]: characters that start before byte b (a byte inside a character
+            # rounds up to the next character boundary).
+            chars = np.zeros(data.size + 1, dtype=np.int64)
+            np.cumsum((data & 0xC0) != 0x80, out=chars[1:])
+            bounds = chars[starts].tolist()
+            bounds.append(len(text))
+        return [(bounds[i], bounds[i + 1]) for i in range(len(ids))]
+
     def _mask(self, formatted: FormattedText, ids: list[int]) -> np.ndarray:
         n = len(ids)
         mask = np.zeros(n, dtype=bool)
@@ -426,7 +453,16 @@ class GemmaTokenizer:
                 offset += len(BOS_TEXT)
             if part:
                 proto = self._sp.Encode(part, return_type="proto")
-                starts.extend(offset + p.begin for p in proto.pieces)  # begin: UTF-8 bytes
+                run_begin, k = -1, 0
+                for piece in proto.pieces:  # begin: UTF-8 bytes
+                    if self._sp.IsByte(piece.id):
+                        # The byte pieces of one character all have its begin: count them.
+                        k = k + 1 if piece.begin == run_begin else 0
+                        run_begin = piece.begin
+                        starts.append(offset + piece.begin + k)
+                    else:
+                        run_begin = -1
+                        starts.append(offset + piece.begin)
             offset += len(part.encode("utf-8"))
         return np.asarray(starts, dtype=np.int64)
 

@@ -7,6 +7,7 @@ The build logic itself is also tested on a tiny synthetic Gemma 3 GGUF (fast).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,23 +73,23 @@ def test_special_ids(tokenizer: GemmaTokenizer) -> None:
     assert tokenizer.id_to_piece(138) == "▁▁"  # fix 1: user-defined spaces
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "日本語のテキストと中文和한국어",
-        "emoji 👍🏽 🇫🇷 👨‍👩‍👧 done",
-        "tabs\tand\t\ttabs\n\n\nnewlines",
-        "runs   of    spaces     ",
-        "   leading and trailing   ",
-        "café naïve Ελληνικά кириллица हिन्दी العربية 𝔘𝔫𝔦",
-        "zero\u200bwidth",
-        "def f(x):\n    return x  # comment\n\n\n",
-        "1234567890 3.14159",
-        CHAT_PROMPT + "The capital is Paris.<end_of_turn>\n",
-        "<bos><bos> double bos",
-        "",
-    ],
-)
+TEXTS = [
+    "日本語のテキストと中文和한국어",
+    "emoji 👍🏽 🇫🇷 👨‍👩‍👧 done",
+    "tabs\tand\t\ttabs\n\n\nnewlines",
+    "runs   of    spaces     ",
+    "   leading and trailing   ",
+    "café naïve Ελληνικά кириллица हिन्दी العربية 𝔘𝔫𝔦",
+    "zero\u200bwidth",
+    "def f(x):\n    return x  # comment\n\n\n",
+    "1234567890 3.14159",
+    CHAT_PROMPT + "The capital is Paris.<end_of_turn>\n",
+    "<bos><bos> double bos",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
 def test_round_trip(tokenizer: GemmaTokenizer, text: str) -> None:
     ids = tokenizer.encode(text)
     assert tokenizer.decode(ids) == text
@@ -155,6 +156,57 @@ def test_mask_handles_literal_lower_block_and_non_ascii(tokenizer: GemmaTokenize
     trained = [t for t, m in zip(ids, mask, strict=True) if m]
     assert tokenizer.decode(trained) == "答え   👍🏽  <end_of_turn>"  # '▁' decodes as ' '
     assert sum(mask) == len(tokenizer.encode("答え ▁ 👍🏽  <end_of_turn>"))
+
+
+def _is_byte(tokenizer: GemmaTokenizer, token_id: int) -> bool:
+    return re.fullmatch(r"<0x[0-9A-F]{2}>", tokenizer.id_to_piece(token_id)) is not None
+
+
+def _check_spans(tokenizer: GemmaTokenizer, text: str) -> list[tuple[int, int]]:
+    """token_spans tiles ``text``; each span re-encodes to its token, and the byte-fallback
+    pieces of a character (the first holds it, the others are empty) to those pieces."""
+    ids = tokenizer.encode(text)
+    spans = tokenizer.token_spans(text)
+    assert len(spans) == len(ids)
+    ends = [0, *(end for _, end in spans)]
+    assert [start for start, _ in spans] == ends[:-1]  # each starts where the last ended
+    assert ends[-1] == len(text)
+    i = 0
+    while i < len(ids):
+        start, end = spans[i]
+        if _is_byte(tokenizer, ids[i]):
+            j = i + 1
+            while j < len(ids) and _is_byte(tokenizer, ids[j]) and spans[j][0] == spans[j][1]:
+                j += 1
+            assert end - start == 1  # one character, spelled by pieces i .. j-1
+            assert tokenizer.encode(text[start:end]) == ids[i:j]
+            i = j
+        else:
+            assert end > start, (i, tokenizer.id_to_piece(ids[i]))
+            assert tokenizer.encode(text[start:end]) == [ids[i]], text[start:end]
+            i += 1
+    return spans
+
+
+@pytest.mark.parametrize(
+    "text", [*TEXTS, "byte fallback: 🦩𐍈 ꙮ 𝔘𝔫𝔦", "literal ▁ and 🦩 ▁▁ <bos>x▁"]
+)
+def test_token_spans_tile_the_text_and_re_encode(tokenizer: GemmaTokenizer, text: str) -> None:
+    _check_spans(tokenizer, text)
+
+
+def test_token_spans_of_a_formatted_conversation(tokenizer: GemmaTokenizer) -> None:
+    conv = Conversation((Turn("user", "Qu'est-ce que 🦩 ?"), Turn("model", "Un flamant ▁ rose.")))
+    f = format_conversation(conv)
+    spans = _check_spans(tokenizer, f.text)
+    pieces = [f.text[start:end] for start, end in spans]
+    assert pieces[:2] == ["<bos>", "<start_of_turn>"]
+    assert pieces[-2:] == ["<end_of_turn>", "\n"]
+    # Byte fallback: 🦩 is four pieces; the first holds the character.
+    flamingo = f.text.index("🦩")
+    held = [n for n, span in enumerate(spans) if span == (flamingo, flamingo + 1)]
+    assert len(held) == 1
+    assert spans[held[0] + 1 : held[0] + 4] == [(flamingo + 1, flamingo + 1)] * 3
 
 
 def test_cached_load_is_fast(tokenizer: GemmaTokenizer) -> None:
@@ -263,3 +315,17 @@ def test_formatted_text_without_spans_masks_nothing(tmp_path: Path) -> None:
     tok = GemmaTokenizer(build_proto(write_tiny_gguf(tmp_path / "tiny.gguf")))
     ids, mask = tok.encode_with_mask(FormattedText("<bos>ab", ()))
     assert ids == [2, 368] and mask == [False, False]
+
+
+def test_token_spans_on_a_tiny_vocabulary(tmp_path: Path) -> None:
+    tok = GemmaTokenizer(build_proto(write_tiny_gguf(tmp_path / "tiny.gguf")))
+    text = "<bos>ab é"  # é is not in the vocabulary: two byte pieces
+    assert [tok.id_to_piece(i) for i in tok.encode(text)] == [
+        "<bos>",
+        "ab",
+        "▁",
+        "<0xC3>",
+        "<0xA9>",
+    ]
+    assert tok.token_spans(text) == [(0, 5), (5, 7), (7, 8), (8, 9), (9, 9)]
+    assert tok.token_spans("") == []

@@ -17,7 +17,7 @@ from gemma_tui.screens.help import HelpScreen
 from gemma_tui.screens.modals import ErrorModal, OutputPathsModal
 from gemma_tui.widgets.issue_list import IssueList
 from gemma_tui.widgets.job_bar import JobBar
-from gemma_tui.widgets.record_detail import TRAINED_STYLE
+from gemma_tui.widgets.record_detail import TOKEN_BACKGROUNDS, TRAINED_STYLE
 from gemma_tui.widgets.record_table import INVALID_STYLE, RecordTable
 from pipeline.data.browse import open_dataset
 from pipeline.data.formatter import format_conversation
@@ -311,3 +311,34 @@ async def test_stats_load_the_tokenizer_and_show_token_boundaries() -> None:
         header = screen.query_one("#detail-header", Static).content
         assert isinstance(header, Text)
         assert "tokens" in header.plain
+
+
+async def test_token_boundaries_are_the_tokenizer_spans_also_for_byte_fallback(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "flamingo.jsonl"
+    turns = [
+        {"from": "human", "value": "Draw a 🦩, please."},
+        {"from": "gpt", "value": "Here: 🦩𐍈."},  # both are byte-fallback pieces
+    ]
+    path.write_text(json.dumps({"conversations": turns}) + "\n", encoding="utf-8")
+    app = GemmaTuiApp(str(path))
+    async with app.run_test(size=TERMINAL_SIZE) as pilot:
+        await settle(pilot)
+        screen = dataset_screen(pilot)
+        await pilot.press("s")
+        await settle(pilot, timeout=180)
+        await pilot.press("s")
+        tokenizer = screen.tokenizer
+        assert tokenizer is not None
+        header = screen.query_one("#detail-header", Static).content
+        body = screen.query_one("#detail-body", Static).content
+        assert isinstance(header, Text) and isinstance(body, Text)
+        assert "tokens alternate background" in header.plain
+        spans = [(start, end) for start, end in tokenizer.token_spans(body.plain) if end > start]
+        flamingo = body.plain.index("🦩")
+        assert (flamingo, flamingo + 1) in spans  # one character, four byte pieces
+        shaded = [
+            (span.start, span.end) for span in body.spans if span.style == TOKEN_BACKGROUNDS[0]
+        ]
+        assert shaded == spans[0::2]
