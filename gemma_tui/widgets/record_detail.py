@@ -141,7 +141,7 @@ class RecordDetail(VerticalScroll):
         if tokenizer is not None:
             ids, mask = tokenizer.encode_with_mask(formatted)
             header.append(f" · {len(ids):,} tokens, {sum(mask):,} trained")
-            token_spans = tokenizer.token_spans(formatted.text)
+            token_spans = tokenizer.token_spans(formatted.text, ids)
         header.append("\n")
         header.append(" trained ", style=TRAINED_STYLE + " reverse")
         header.append(" ")

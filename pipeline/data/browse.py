@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.data.converter import Converter
-from pipeline.data.loader import BadRecord, FileReader, RawRecord
+from pipeline.data.loader import BadRecord, FileReader
 from pipeline.data.types import DatasetSpec, FormatName, Issue, RecordRef
 from pipeline.data.validate import (
     CheckedRecord,
@@ -117,8 +117,7 @@ class OpenedDataset:
             ) from err
         issues = self._issues.get(index)
         if isinstance(item, BadRecord):
-            record = RawRecord(ref, item.data, span) if item.data is not None else None
-            return CheckedRecord(record, ref, None, issues or item.issues, item.raw, span)
+            return CheckedRecord.rejected(item, issues)
         convert = self._converters[f]
         if issues is None and convert is not None:
             converted = convert(item)

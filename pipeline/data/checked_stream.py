@@ -41,6 +41,7 @@ from pipeline.data.formats.detect import (
 )
 from pipeline.data.loader import resolve_sources
 from pipeline.data.readers import BadRecord, FileReader, Item, RawRecord, open_reader
+from pipeline.data.readers.records import record_issue
 from pipeline.data.types import Conversation, DatasetSpec, FormatName, Issue, RecordRef
 from pipeline.errors import DatasetError, JobCancelled
 from pipeline.events import (
@@ -117,6 +118,12 @@ class CheckedRecord:
     @property
     def valid(self) -> bool:
         return self.conversation is not None
+
+    @classmethod
+    def rejected(cls, item: BadRecord, issues: tuple[Issue, ...] | None = None) -> CheckedRecord:
+        """A record the reader could not parse; ``issues`` (when not empty) replace its own."""
+        record = RawRecord(item.ref, item.data, item.span) if item.data is not None else None
+        return cls(record, item.ref, None, issues or item.issues, item.raw, item.span)
 
 
 class CheckedStream:
@@ -243,8 +250,7 @@ class CheckedStream:
             if type(item) is BadRecord:
                 early[k] = list(item.issues)
             elif convert is None:
-                ref = item.ref
-                early[k] = [Issue(ref.path, ref.line, ref.index, "", why or "", "unknown_format")]
+                early[k] = [record_issue(item.ref, "unknown_format", why or "")]
             else:
                 assert type(item) is RawRecord
                 converted = convert(item)
@@ -263,10 +269,7 @@ class CheckedStream:
                     yield CheckedRecord(item, item.ref, None, tuple(issues), None, item.span)
             else:
                 assert type(item) is BadRecord
-                record = (
-                    RawRecord(item.ref, item.data, item.span) if item.data is not None else None
-                )
-                yield CheckedRecord(record, item.ref, None, item.issues, item.raw, item.span)
+                yield CheckedRecord.rejected(item)
 
 
 def iter_checked(

@@ -11,7 +11,6 @@ shape of one line of a rejects file.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from pipeline.data.checked_stream import CheckedRecord, CheckedStream, Source
 from pipeline.data.formats.output import conversation_to_chatml, conversation_to_sharegpt
 from pipeline.data.hf_output import HfDatasetWriter, refuse_replacing_inputs
+from pipeline.data.job_outputs import output_clash, ref_dict
 from pipeline.data.jsonio import AtomicJsonlWriter
 from pipeline.data.loader import resolve_sources
 from pipeline.data.types import DatasetSpec, Issue
@@ -44,28 +44,25 @@ class ConvertResult:
 
 
 def _refuse_overwrite(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
-    resolved = {p.resolve() for p in inputs}
-    for out in outputs:
-        clash = out.resolve() in resolved or (
-            out.exists() and any(os.path.samefile(out, p) for p in inputs)
-        )
-        if clash:
-            raise DatasetError(
-                f"{out} is one of the input files; converting would overwrite it",
-                hint="write the output to another file name or folder",
-            )
-    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+    clash = output_clash(inputs, outputs)
+    if clash is None:
+        return
+    out, kind = clash
+    if kind == "input":
         raise DatasetError(
-            f"the output and the rejects file are the same file ({outputs[0]})",
-            hint="give the rejects file another name",
+            f"{out} is one of the input files; converting would overwrite it",
+            hint="write the output to another file name or folder",
         )
+    raise DatasetError(
+        f"the output and the rejects file are the same file ({outputs[0]})",
+        hint="give the rejects file another name",
+    )
 
 
 def reject_row(checked: CheckedRecord) -> dict[str, Any]:
     """One line of a rejects file: where the row came from, the row, and its issues."""
-    ref = checked.ref
     return {
-        "source": {"path": ref.path, "line": ref.line, "index": ref.index},
+        "source": ref_dict(checked.ref),
         "row": checked.record.data if checked.record is not None else checked.raw,
         "issues": [issue.to_dict() for issue in checked.issues],
     }

@@ -6,8 +6,9 @@ Contract (docs/data-api.md)::
                   on_event, should_stop) -> DedupResult
 
 Additions: ``num_perm``, ``shingle_size``, ``seed``, ``to`` (output format); the in-memory
-:class:`Deduplicator` and :func:`dedup_conversations`; :func:`refuse_inputs` and
-:func:`row_serializer` (shared with ``split.py``).
+:class:`Deduplicator` and :func:`dedup_conversations`. :func:`refuse_inputs`,
+:func:`row_serializer` and :func:`ref_dict` live in :mod:`pipeline.data.job_outputs` (shared
+with convert and split) and are re-exported here.
 
 Rules, applied to each valid conversation in input order (invalid rows are skipped and
 counted; ``convert`` lists them):
@@ -51,24 +52,23 @@ with near duplicates (shingle hashing and LSH), ~200,000 rows/s exact only.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 
+from pipeline.data.job_outputs import OutputFormat, ref_dict, refuse_inputs, row_serializer
 from pipeline.data.types import Conversation, DatasetSpec, RecordRef
 from pipeline.errors import DatasetError
 from pipeline.events import EventSink, StageDone, StopCheck, ignore_event, never_stop
 
 STAGE = "dedup"
 Rule = Literal["exact", "near"]
-OutputFormat = Literal["sharegpt", "chatml"]
 
 
 # --------------------------------------------------------------------------- core (in memory)
@@ -320,44 +320,6 @@ def dedup_conversations(
 
 
 # --------------------------------------------------------------------------- file outputs
-
-
-def refuse_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
-    """DatasetError when an output is one of the input files, or two outputs are the same."""
-    resolved = {p.resolve() for p in inputs}
-    seen: set[Path] = set()
-    for out in outputs:
-        clash = out.resolve() in resolved or (
-            out.exists() and any(os.path.samefile(out, p) for p in inputs)
-        )
-        if clash:
-            raise DatasetError(
-                f"Refusing to write {out}: it is one of the input files.",
-                hint="Choose an output path that is not an input (e.g. in workspace/datasets/).",
-            )
-        if out.resolve() in seen:
-            raise DatasetError(
-                f"Two outputs of this job are the same file: {out}",
-                hint="Give each output its own path.",
-            )
-        seen.add(out.resolve())
-
-
-def row_serializer(to: OutputFormat) -> Callable[[Conversation], dict[str, Any]]:
-    """The converter's function that turns a Conversation into a row of format ``to``."""
-    from pipeline.data import converter
-
-    if to == "sharegpt":
-        return converter.conversation_to_sharegpt
-    if to == "chatml":
-        return converter.conversation_to_chatml
-    raise DatasetError(f"Unknown output format {to!r}", hint="Use 'sharegpt' or 'chatml'.")
-
-
-def ref_dict(ref: RecordRef | None) -> dict[str, Any] | None:
-    if ref is None:
-        return None
-    return {"path": ref.path, "line": ref.line, "index": ref.index}
 
 
 class _Refs:

@@ -29,9 +29,13 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from pipeline.data.converter import SRC_SYSTEM, FieldNames
-from pipeline.data.types import ROLES, Conversation, Issue
+from pipeline.data.readers.records import record_issue
+from pipeline.data.types import MODEL_SIDE, ROLES, USER_SIDE, Conversation, Issue
 
-SIDE: dict[str, int] = {"system": 0, "user": 1, "tool_result": 1, "model": 2, "tool_call": 2}
+SIDE: dict[str, int] = {
+    role: 1 if role in USER_SIDE else 2 if role in MODEL_SIDE else 0 for role in ROLES
+}
+"""0 system, 1 the user side, 2 the model side (as :mod:`pipeline.data.types` splits them)."""
 # Roles travel as categorical codes: one dict lookup per turn, no strings to convert.
 _ROLE_CODE: dict[str, int] = {role: n for n, role in enumerate(ROLES)}
 _ROLE_CATEGORIES = pd.CategoricalDtype(list(ROLES))
@@ -331,4 +335,4 @@ def _make(conv: Conversation, field: str, reason: str, code: str) -> Issue:
     ref = conv.ref
     if ref is None:
         return Issue("", None, None, field, reason, code)
-    return Issue(ref.path, ref.line, ref.index, field, reason, code)
+    return record_issue(ref, code, reason, field)

@@ -49,11 +49,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.data.dedup import (
-    normalized_words,
-    refuse_inputs,
-    row_serializer,
-)
+from pipeline.data.dedup import normalized_words
+from pipeline.data.job_outputs import refuse_inputs, row_serializer
 from pipeline.data.types import Conversation, DatasetSpec
 from pipeline.errors import DatasetError, JobCancelled
 from pipeline.events import (

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,15 +139,7 @@ class DatasetStats:
             "train_on_prompt": self.train_on_prompt,
             "examples": self.examples,
             "invalid": self.invalid,
-            "lengths": {
-                "count": self.summary.count,
-                "min": self.summary.min,
-                "mean": self.summary.mean,
-                "median": self.summary.median,
-                "p90": self.summary.p90,
-                "p99": self.summary.p99,
-                "max": self.summary.max,
-            },
+            "lengths": asdict(self.summary),
             "total_tokens": self.total_tokens,
             "trained_tokens": self.trained_tokens,
             "trained_share": self.trained_share,

@@ -389,8 +389,9 @@ class GemmaTokenizer:
         all_ids = self.encode_batch([f.text for f in formatted])
         return [(ids, self._mask(f, ids)) for f, ids in zip(formatted, all_ids, strict=True)]
 
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """``[start, end)`` character span in ``text`` of each token of ``encode(text)``.
+    def token_spans(self, text: str, ids: list[int] | None = None) -> list[tuple[int, int]]:
+        """``[start, end)`` character span in ``text`` of each token of ``encode(text)``
+        (pass ``ids`` when they are already known, to encode ``text`` only once).
 
         The spans tile the text: the first starts at 0, each starts where the one before it
         ends, the last ends at ``len(text)``. A character that SentencePiece spells with
@@ -398,7 +399,8 @@ class GemmaTokenizer:
         piece of its first byte; the pieces of its other bytes get empty spans. A literal
         ``'▁'`` (U+2581) is placed exactly too, though it decodes as a space.
         """
-        ids = self.encode(text)
+        if ids is None:
+            ids = self.encode(text)
         if not ids:
             return []
         starts = self._token_starts(text, ids)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.data.readers.records import RawRecord
+from pipeline.data.readers.records import RawRecord, record_issue
 from pipeline.data.types import Conversation, DatasetSpec, FormatName, Issue, Role, Turn
 
 # Where a turn's text came from, for issue fields (see FieldNames). Non-negative values are
@@ -101,8 +101,7 @@ class RecordBuilder:
         self.issues: list[Issue] = []
 
     def issue(self, field: str, code: str, reason: str) -> None:
-        ref = self.record.ref
-        self.issues.append(Issue(ref.path, ref.line, ref.index, field, reason, code))
+        self.issues.append(record_issue(self.record.ref, code, reason, field))
 
     def missing(self, field: str, what: str) -> None:
         self.issue(field, "missing_field", f"{field!r} is missing; add {what}")

@@ -72,7 +72,7 @@ def bad_json(
     raw = data.decode("utf-8", "replace").rstrip("\r\n")
     first = ref.line or 1
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as bad:
         line_start = data.rfind(b"\n", 0, bad.start) + 1
         line = first + data.count(b"\n", 0, bad.start)
@@ -89,7 +89,7 @@ def bad_json(
         return BadRecord(ref, (issue,), raw, None, span)
     # orjson counts lines from the start of the record; an error "after" the final newline
     # (a line that ends too early) belongs at the end of the last line of the record.
-    text = data.decode("utf-8").rstrip("\r\n")
+    text = text.rstrip("\r\n")
     n_lines = text.count("\n") + 1
     if err.lineno <= n_lines:
         line, column = first + err.lineno - 1, err.colno
