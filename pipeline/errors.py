@@ -57,6 +57,13 @@ class OutOfMemoryError(PipelineError):
     title = "Out of GPU memory"
 
 
+class TrainingError(PipelineError):
+    """A run cannot start or continue: non-finite loss, a bad resume point, a failed
+    checkpoint write. The message says which step, and what was kept."""
+
+    title = "Training failed"
+
+
 class ExportError(PipelineError):
     """Merge, conversion, bundling or verification failed."""
 

@@ -45,7 +45,84 @@ class StageDone:
     seconds: float
 
 
-Event = Progress | LogLine | StageDone
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A training run began (or resumed) in ``run_dir``."""
+
+    run_dir: str
+    total_steps: int
+    start_step: int
+    model: str
+    """One line describing the base model, e.g. "Gemma 3 270M (embedded, pretrained)"."""
+    train_examples: int
+    eval_examples: int
+    tokens_per_step: int
+    """batch_size x gradient_accumulation_steps x sequence_length."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    """One optimizer step finished. Also written as a ``{"type": "train"}`` metrics line."""
+
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_s: float
+    """Tokens (padding excluded) per second over this step."""
+    trained_tokens: int
+    """Tokens that carried loss in this step."""
+    elapsed_s: float
+    eta_s: float | None
+    bytes_in_use: int | None = None
+    """JAX device memory in use by this process (None on a CPU that does not report it)."""
+    peak_bytes: int | None = None
+    gpu_used_bytes: int | None = None
+    """NVML: memory used on the card by all processes (None without a GPU)."""
+    gpu_total_bytes: int | None = None
+    host_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvalMetrics:
+    """An eval pass over the held-out split finished."""
+
+    step: int
+    loss: float
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved:
+    step: int
+    path: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run ended: ``status`` is "finished", "stopped" or "failed"."""
+
+    status: str
+    step: int
+    run_dir: str
+    message: str = ""
+    final_loss: float | None = None
+    best_eval_loss: float | None = None
+
+
+Event = (
+    Progress
+    | LogLine
+    | StageDone
+    | RunStarted
+    | StepMetrics
+    | EvalMetrics
+    | CheckpointSaved
+    | RunFinished
+)
 EventSink = Callable[[Event], None]
 StopCheck = Callable[[], bool]
 
