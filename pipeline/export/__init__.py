@@ -1,0 +1,1 @@
+"""Exports: Hugging Face checkpoints (and later TFLite / LiteRT-LM bundles)."""
