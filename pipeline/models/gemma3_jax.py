@@ -306,14 +306,16 @@ def hidden_states(
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     impl: AttentionImpl = "xla",
-    remat: bool = False,
+    remat: bool | str = False,
     dtype: str | None = None,
 ) -> jax.Array:
     """Final normalised hidden states ``[B, T, D]`` (keras-hub's backbone output).
 
     ``segment_ids`` None means one example per row with no padding inside it that matters
     (padding at the end only affects padded positions). ``dtype`` is the compute dtype
-    (default: the embedding's)."""
+    (default: the embedding's). ``remat``: False keeps every activation the backward pass
+    needs; True (or "full") recomputes each decoder block from its input; "dots" keeps the
+    matmul outputs and recomputes the elementwise work (norms, RoPE, GELU)."""
     import jax
     import jax.numpy as jnp
 
@@ -341,7 +343,10 @@ def hidden_states(
                 impl=impl,
             )
 
-        if remat:
+        if remat == "dots":
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            run = jax.checkpoint(run, policy=policy)  # type: ignore[assignment]
+        elif remat:
             run = jax.checkpoint(run)  # type: ignore[assignment]
         x = run(x, w, lw, positions, segment_ids)
     return _rms_norm(x, params["final_norm"], arch.layer_norm_epsilon)

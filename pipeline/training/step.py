@@ -36,7 +36,7 @@ def _loss_sum(
     chunk_tokens: int,
     packed: bool,
     impl: str,
-    remat: bool,
+    remat: bool | str,
     dtype: str,
 ) -> tuple[Any, Any]:
     import jax.numpy as jnp
@@ -90,9 +90,11 @@ def build_train_step(
     total_steps: int,
     compute_dtype: str | None = None,
     impl: str | None = None,
+    remat: bool | str | None = None,
 ) -> TrainStep:
     """Compile-ready step functions for ``arch`` with the adapter ``meta`` and profile
-    ``train`` (batch shapes come from the first call)."""
+    ``train`` (batch shapes come from the first call). ``remat`` overrides
+    ``train.remat`` (see :func:`pipeline.models.gemma3_jax.hidden_states`)."""
     import jax
     import jax.numpy as jnp
 
@@ -113,7 +115,7 @@ def build_train_step(
         "chunk_tokens": chunk_tokens,
         "packed": train.packing,
         "impl": impl,
-        "remat": train.remat,
+        "remat": train.remat if remat is None else remat,
         "dtype": dtype,
     }
 

@@ -1,0 +1,545 @@
+"""The training job: ``train(profile, ...) -> RunResult``.
+
+Loads the base model, prepares the data, builds the jitted step and runs it, writing
+everything a run needs to be explained and resumed into its run directory (layout in
+docs/training-api.md): ``run.json``, ``profile.toml``, ``metrics.jsonl``, ``log.txt`` and
+atomic checkpoints. The caller gets events (:mod:`pipeline.events`) and can stop the run
+with ``should_stop`` (checked before every step: the run saves a checkpoint and returns
+status "stopped").
+
+Faults: a non-finite loss stops the run (the step that produced it changed nothing, and no
+checkpoint is written over the last good one); an XLA out-of-memory becomes
+:class:`~pipeline.errors.OutOfMemoryError` naming the profile values to change; Ctrl+C
+(KeyboardInterrupt) saves a checkpoint and returns "stopped".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JobCancelled, OutOfMemoryError, PipelineError, TrainingError
+from pipeline.events import (
+    CheckpointSaved,
+    EvalMetrics,
+    Event,
+    EventSink,
+    LogLine,
+    RunFinished,
+    RunStarted,
+    StepMetrics,
+    StopCheck,
+    ignore_event,
+    never_stop,
+)
+from pipeline.profiles.schema import Profile
+from pipeline.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: str
+    """"finished", "stopped" or "failed"."""
+    step: int
+    total_steps: int
+    final_loss: float | None
+    best_eval_loss: float | None
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- pytrees <-> npz
+
+
+def flatten_tree(tree: Any) -> dict[str, Any]:
+    """A pytree of arrays as ``{"mu/layers/0/q/a": ndarray, ...}`` (for ``.npz``)."""
+    import jax
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        out[key] = np.asarray(leaf)
+    return out
+
+
+def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
+    """The inverse of :func:`flatten_tree` given a pytree of the same structure."""
+    import jax
+
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, leaf in paths:
+        key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        if key not in flat:
+            raise TrainingError(f"checkpoint optimizer state has no entry {key!r}")
+        value = flat[key]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise TrainingError(
+                f"checkpoint optimizer state {key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(leaf.shape)}"
+            )
+        leaves.append(value)
+    return jax.tree_util.tree_unflatten(treedef, [lf for _, lf in zip(paths, leaves)])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def total_steps_for(profile: Profile, train_rows: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` over ``train_rows`` rows."""
+    t = profile.train
+    if t.max_steps is not None:
+        return t.max_steps
+    assert t.epochs is not None
+    return max(1, math.ceil(t.epochs * train_rows / t.effective_batch_size))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def _oom_error(profile: Profile, arch: Any, exc: BaseException) -> OutOfMemoryError:
+    hint = (
+        "Lower train.batch_size (and raise train.gradient_accumulation_steps to keep the "
+        "effective batch), set train.remat = true, shorten train.sequence_length, or lower "
+        "train.loss_chunk_size."
+    )
+    try:
+        from pipeline.training.memory import estimate_memory
+        from pipeline.utils.gpu import jax_memory
+
+        limit = jax_memory().get("bytes_limit")
+        est = estimate_memory(arch, profile.lora, profile.train, weight_dtype=profile.model.dtype)
+        if limit:
+            advice = est.advice(limit)
+            if advice:
+                hint = advice
+    except Exception:  # noqa: BLE001 - the advice is a bonus; the OOM message is what matters
+        pass
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    t = profile.train
+    return OutOfMemoryError(
+        f"out of accelerator memory at batch_size {t.batch_size} x sequence_length "
+        f"{t.sequence_length} (profile {profile.name}): {first}",
+        hint=hint,
+    )
+
+
+class _Logger:
+    """Forwards events to the caller and mirrors log lines into ``log.txt``."""
+
+    def __init__(self, sink: EventSink, log_path: Path | None) -> None:
+        self.sink = sink
+        self.fh = log_path.open("a", encoding="utf-8") if log_path else None
+
+    def __call__(self, event: Event) -> None:
+        if self.fh is not None and isinstance(event, LogLine):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.fh.write(f"{stamp} {event.level.upper():7} {event.message}\n")
+            self.fh.flush()
+        self.sink(event)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self(LogLine(message, level))
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def train(
+    profile: Profile,
+    *,
+    data: str | Path | None = None,
+    model: str | None = None,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    workspace: Workspace | None = None,
+    on_event: EventSink = ignore_event,
+    should_stop: StopCheck = never_stop,
+) -> RunResult:
+    """Fine-tune ``profile``'s base model with LoRA on ``data`` (or ``profile.data.train_path``).
+
+    ``resume``: a run directory (or a run name under the workspace's runs folder) to continue
+    from its latest checkpoint, with the profile saved in it. ``model`` overrides
+    ``profile.model.source``. Returns a :class:`RunResult`; raises :class:`PipelineError` for
+    problems found before the run starts (bad data, no model, ...)."""
+    from pipeline.training import runs
+
+    ws = workspace or Workspace.default()
+    ckpt = None
+    if resume is not None:
+        rdir = runs.resolve_run(resume, ws)
+        profile, ckpt = _load_resume_point(rdir)
+        record = runs.read_run_record(rdir)
+        data = data or record.data
+        model = model or record.model
+    else:
+        if model is not None:
+            profile = dataclasses.replace(
+                profile, model=dataclasses.replace(profile.model, source=model)
+            )
+        data = data if data is not None else profile.data.train_path
+        if data is None:
+            raise TrainingError(
+                "no training data given",
+                hint="Pass --data FILE, or set data.train_path in the profile.",
+            )
+        if not Path(data).expanduser().exists() and not any(c in str(data) for c in "*?["):
+            raise TrainingError(
+                f"training data not found: {data}", hint="Check the path (relative to here)."
+            )
+        profile = dataclasses.replace(
+            profile, data=dataclasses.replace(profile.data, train_path=str(data))
+        )
+        rdir = Path(run_dir) if run_dir is not None else runs.new_run_dir(ws, profile.name)
+    with runs.RunLock(rdir):
+        return _train_locked(profile, rdir, ckpt, str(data), ws, on_event, should_stop)
+
+
+def _load_resume_point(rdir: Path) -> tuple[Profile, Any]:
+    from pipeline.profiles.io import load_profile
+    from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    prof_path = rdir / "profile.toml"
+    if not prof_path.is_file():
+        raise TrainingError(
+            f"{rdir} has no profile.toml: it is not a gemma-tui run directory",
+            hint="Pick a folder listed by `gemma-tui runs`.",
+        )
+    profile = load_profile(prof_path)
+    latest = latest_checkpoint(rdir)
+    if latest is None:
+        raise TrainingError(
+            f"{rdir} has no checkpoint to resume from",
+            hint="Start a new run; a run saves its first checkpoint at train.checkpoint_every.",
+        )
+    return profile, load_checkpoint(latest)
+
+
+def _train_locked(
+    profile: Profile,
+    rdir: Path,
+    ckpt: Any,
+    data: str,
+    ws: Workspace,
+    on_event: EventSink,
+    should_stop: StopCheck,
+) -> RunResult:
+    from pipeline.profiles.io import save_profile
+    from pipeline.training import runs
+
+    rdir.mkdir(parents=True, exist_ok=True)
+    logger = _Logger(on_event, rdir / "log.txt")
+    record = runs.read_run_record(rdir) if (rdir / "run.json").is_file() else None
+    if record is None:
+        record = runs.RunRecord(
+            status="running",
+            profile=profile.name,
+            model=profile.model.source,
+            data=data,
+        )
+        save_profile(profile, rdir / "profile.toml")
+    else:
+        record = record.updated_now(
+            status="running", pid=_pid(), host=socket.gethostname(), error=None
+        )
+    runs.write_run_record(rdir, record)
+    state: dict[str, Any] = {"record": record}
+    try:
+        result = _run(profile, rdir, ckpt, data, ws, logger, should_stop, state)
+    except KeyboardInterrupt:
+        result = RunResult(
+            rdir, "stopped", state["record"].step, state["record"].total_steps, None, None,
+            "interrupted before the first step",
+        )  # fmt: skip
+    except JobCancelled:
+        result = RunResult(
+            rdir, "stopped", state["record"].step, state["record"].total_steps, None, None,
+            "stopped before the first step",
+        )  # fmt: skip
+    except PipelineError as exc:
+        runs.write_run_record(
+            rdir, state["record"].updated_now(status="failed", error=str(exc))
+        )
+        logger.log(str(exc), "error")
+        logger(RunFinished("failed", state["record"].step, str(rdir), str(exc)))
+        logger.close()
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        runs.write_run_record(
+            rdir, state["record"].updated_now(status="failed", error=message)
+        )
+        logger.log(message, "error")
+        logger(RunFinished("failed", state["record"].step, str(rdir), message))
+        logger.close()
+        raise
+    runs.write_run_record(
+        rdir,
+        state["record"].updated_now(
+            status=result.status,
+            step=result.step,
+            best_eval_loss=result.best_eval_loss,
+            error=result.message if result.status == "failed" else None,
+        ),
+    )
+    logger(
+        RunFinished(
+            result.status,
+            result.step,
+            str(rdir),
+            result.message,
+            final_loss=result.final_loss,
+            best_eval_loss=result.best_eval_loss,
+        )
+    )
+    logger.close()
+    return result
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _run(
+    profile: Profile,
+    rdir: Path,
+    ckpt: Any,
+    data: str,
+    ws: Workspace,
+    logger: _Logger,
+    should_stop: StopCheck,
+    state: dict[str, Any],
+) -> RunResult:
+    import jax
+    import numpy as np
+
+    from pipeline.models.gemma3_jax import params_from_backbone
+    from pipeline.models.loader import load_model
+    from pipeline.models.lora import AdapterMeta, init_adapter
+    from pipeline.training import optimizer, runs
+    from pipeline.training.batches import BatchStream, eval_batches
+    from pipeline.training.checkpoint import save_checkpoint
+    from pipeline.training.data import prepare_data
+    from pipeline.training.step import build_train_step, stack_micro_batches
+    from pipeline.utils.gpu import read_memory
+
+    t = profile.train
+    if jax.default_backend() == "gpu" and t.precision == "float32" and profile.model.dtype == "float32":
+        logger.log("float32 on a GPU is slow and uses twice the memory; bfloat16 is the default")
+    loaded = load_model(profile.model.source, dtype=profile.model.dtype, workspace=ws, on_event=logger, should_stop=should_stop)
+    arch = loaded.arch
+    logger.log(f"Model: {loaded.description}")
+    prepared = prepare_data(
+        profile.data, t, loaded.tokenizer, train_path=data, workspace=ws, on_event=logger,
+        should_stop=should_stop, rejects_dir=rdir,
+    )  # fmt: skip
+    meta = AdapterMeta(rank=profile.lora.rank, alpha=profile.lora.alpha, targets=tuple(profile.lora.targets), arch=arch)
+    stream = BatchStream(
+        prepared.train, batch_size=t.batch_size, sequence_length=t.sequence_length,
+        packing=t.packing, seed=t.seed,
+    )  # fmt: skip
+    if ckpt is not None:
+        if not ckpt.meta.arch.same_shape(arch):
+            raise TrainingError(
+                f"the checkpoint in {rdir} was trained on {ckpt.meta.arch.name}, but the model "
+                f"loaded is {arch.name}",
+                hint="Resume with the same model source as the run used.",
+            )
+        total = int(ckpt.state["total_steps"])
+        start = int(ckpt.step)
+        adapter_np = ckpt.adapter
+        stream.restore(ckpt.state["data"])
+        best_eval = ckpt.state.get("best_eval_loss")
+        logger.log(f"Resuming {rdir.name} at step {start} of {total}")
+    else:
+        total = total_steps_for(profile, stream.rows_per_epoch)
+        start = 0
+        adapter_np = init_adapter(meta, t.seed)
+        best_eval = None
+    state["record"] = dataclasses.replace(state["record"], total_steps=total, step=start)
+    runs.write_run_record(rdir, state["record"])
+
+    frozen = params_from_backbone(loaded.backbone)
+    adapter = jax.tree.map(jax.numpy.asarray, adapter_np)
+    opt_state = optimizer.init_state(adapter)
+    if ckpt is not None:
+        opt_state = jax.tree.map(jax.numpy.asarray, unflatten_like(opt_state, ckpt.opt_state))
+    step_fn = build_train_step(arch, meta, t, total_steps=total, compute_dtype=t.precision)
+    tokens_per_step = t.effective_batch_size * t.sequence_length
+    logger(
+        RunStarted(
+            run_dir=str(rdir),
+            total_steps=total,
+            start_step=start,
+            model=loaded.description,
+            train_examples=len(prepared.train),
+            eval_examples=len(prepared.eval),
+            tokens_per_step=tokens_per_step,
+        )
+    )
+    metrics_out = runs.MetricsWriter(rdir / "metrics.jsonl")
+
+    def snapshot(step: int) -> None:
+        """Write a checkpoint of the current (host-copied) adapter and optimizer state."""
+        started = time.perf_counter()
+        host_adapter = jax.device_get(adapter)
+        host_opt = flatten_tree(jax.device_get(opt_state))
+        extra = {
+            "step": step,
+            "total_steps": total,
+            "data": stream.state(),
+            "seed": t.seed,
+            "best_eval_loss": best_eval,
+            "last_loss": last_loss,
+        }
+        path = save_checkpoint(
+            rdir, step, adapter=host_adapter, meta=meta, opt_state=host_opt, state=extra,
+            profile=profile, final=step == total,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        logger(CheckpointSaved(step, str(path), seconds))
+        logger.log(f"checkpoint step {step} -> {path} ({seconds:.1f} s)")
+        state["record"] = state["record"].updated_now(step=step)
+        runs.write_run_record(rdir, state["record"])
+
+    def evaluate(step: int) -> float | None:
+        nonlocal best_eval
+        if not prepared.eval:
+            return None
+        started = time.perf_counter()
+        loss_sum, count = 0.0, 0.0
+        for batch in eval_batches(prepared.eval, t.batch_size, t.sequence_length, t.packing):
+            value, n = step_fn.eval(adapter, frozen, batch)
+            loss_sum += float(value)
+            count += float(n)
+        loss = loss_sum / max(count, 1.0)
+        seconds = time.perf_counter() - started
+        best_eval = loss if best_eval is None else min(best_eval, loss)
+        metrics_out.write({"type": "eval", "step": step, "loss": loss, "tokens": int(count), "seconds": seconds})
+        logger(EvalMetrics(step, loss, int(count), seconds))
+        state["record"] = dataclasses.replace(state["record"], best_eval_loss=best_eval)
+        return loss
+
+    last_loss: float | None = ckpt.state.get("last_loss") if ckpt is not None else None
+    run_started = time.perf_counter()
+    step = start
+    pending: tuple[int, Any, float] | None = None  # (step, device metrics, dispatch time)
+    last_read = time.perf_counter()
+
+    def read(pending: tuple[int, Any, float]) -> None:
+        nonlocal last_loss, last_read
+        done_step, dev_metrics, _ = pending
+        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        now = time.perf_counter()
+        seconds = max(now - last_read, 1e-9)
+        last_read = now
+        if not m["finite"]:
+            raise TrainingError(
+                f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {done_step}; "
+                "the step changed nothing and the last good checkpoint is kept",
+                hint="Lower train.learning_rate, check the data for empty or odd rows, or use "
+                "bfloat16 rather than float16.",
+            )
+        last_loss = m["loss"]
+        mem = read_memory()
+        elapsed = now - run_started
+        steps_done = done_step - start
+        eta = elapsed / steps_done * (total - done_step) if steps_done > 0 else None
+        row = {
+            "type": "train",
+            "step": done_step,
+            "loss": m["loss"],
+            "lr": m["lr"],
+            "grad_norm": m["grad_norm"],
+            "tokens_per_s": m["tokens"] / seconds,
+            "trained_tokens": int(m["trained_tokens"]),
+            "tokens": int(m["tokens"]),
+            "step_s": seconds,
+            "time": time.time(),
+            "bytes_in_use": mem.bytes_in_use,
+            "peak_bytes": mem.peak_bytes,
+            "gpu_used_bytes": mem.gpu_used_bytes,
+            "gpu_total_bytes": mem.gpu_total_bytes,
+            "host_rss_bytes": mem.host_rss_bytes,
+        }
+        metrics_out.write(row)
+        logger(
+            StepMetrics(
+                step=done_step, total_steps=total, loss=m["loss"], learning_rate=m["lr"],
+                grad_norm=m["grad_norm"], tokens_per_s=m["tokens"] / seconds,
+                trained_tokens=int(m["trained_tokens"]), elapsed_s=elapsed, eta_s=eta,
+                bytes_in_use=mem.bytes_in_use, peak_bytes=mem.peak_bytes,
+                gpu_used_bytes=mem.gpu_used_bytes, gpu_total_bytes=mem.gpu_total_bytes,
+                host_rss_bytes=mem.host_rss_bytes,
+            )
+        )  # fmt: skip
+
+    status, message = "finished", ""
+    try:
+        while step < total:
+            if should_stop():
+                status, message = "stopped", f"stopped by request at step {step}"
+                break
+            batch = stack_micro_batches([stream.next_batch() for _ in range(t.gradient_accumulation_steps)])
+            try:
+                adapter, opt_state, dev_metrics = step_fn.run(adapter, opt_state, frozen, batch)
+            except Exception as exc:
+                if _is_oom(exc):
+                    raise _oom_error(profile, arch, exc) from exc
+                raise
+            step += 1
+            if pending is not None:
+                read(pending)
+            pending = (step, dev_metrics, time.perf_counter())
+            # Metrics are read one step late so the host never waits for the device, except
+            # at the points below where the state must be exact.
+            at_eval = t.eval_every > 0 and step % t.eval_every == 0 and step < total
+            at_ckpt = t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < total
+            if at_eval or at_ckpt or step == total:
+                read(pending)
+                pending = None
+            if at_eval:
+                evaluate(step)
+            if at_ckpt:
+                snapshot(step)
+        if pending is not None:
+            read(pending)
+            pending = None
+    except KeyboardInterrupt:
+        status, message = "stopped", f"interrupted at step {step}"
+        if pending is not None:
+            try:
+                read(pending)
+            except TrainingError:
+                raise
+        pending = None
+    except TrainingError as exc:
+        state["record"] = dataclasses.replace(state["record"], step=step)
+        logger.log(str(exc), "error")
+        return RunResult(rdir, "failed", step, total, last_loss, best_eval, str(exc))
+    if status == "finished":
+        evaluate(step)
+    if step > start or status == "finished":
+        snapshot(step)
+    _ = np  # numpy is imported for jax.device_get's host arrays
+    logger.log(f"run {status} at step {step} of {total}")
+    return RunResult(rdir, status, step, total, last_loss, best_eval, message)
+
+
+__all__: list[str] = ["RunResult", "flatten_tree", "total_steps_for", "train", "unflatten_like"]
+_Callable = Callable

@@ -1,0 +1,70 @@
+"""Memory readings for the Train screen and metrics.jsonl.
+
+JAX preallocates 75% of the card, so NVML's "used" shows the pool, not what the run needs:
+report JAX's own ``bytes_in_use`` / ``peak_bytes_in_use`` for this process beside NVML's
+used/total for the whole card, and the host RSS (the only reading on a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    bytes_in_use: int | None = None
+    peak_bytes: int | None = None
+    bytes_limit: int | None = None
+    gpu_used_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+    host_rss_bytes: int | None = None
+
+
+def host_rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc``), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def jax_memory(device: Any = None) -> dict[str, int]:
+    """``memory_stats()`` of a JAX device (empty on backends that do not report it)."""
+    import jax
+
+    dev = device or jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        stats = {}
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int | float)}
+
+
+def nvml_memory(index: int = 0) -> tuple[int, int] | None:
+    """(used, total) bytes of GPU ``index`` from NVML, or None without pynvml or a GPU."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return int(info.used), int(info.total)
+    except Exception:  # noqa: BLE001 - no library, no driver, no device: no reading
+        return None
+
+
+def read_memory(device: Any = None, *, with_nvml: bool = True) -> MemoryReading:
+    stats = jax_memory(device)
+    card = nvml_memory() if with_nvml else None
+    return MemoryReading(
+        bytes_in_use=stats.get("bytes_in_use"),
+        peak_bytes=stats.get("peak_bytes_in_use"),
+        bytes_limit=stats.get("bytes_limit"),
+        gpu_used_bytes=card[0] if card else None,
+        gpu_total_bytes=card[1] if card else None,
+        host_rss_bytes=host_rss_bytes(),
+    )
