@@ -204,6 +204,7 @@ def train(
             profile, data=dataclasses.replace(profile.data, train_path=str(data))
         )
         rdir = Path(run_dir) if run_dir is not None else runs.new_run_dir(ws, profile.name)
+    rdir.mkdir(parents=True, exist_ok=True)
     with runs.RunLock(rdir):
         return _train_locked(profile, rdir, ckpt, str(data), ws, on_event, should_stop)
 
