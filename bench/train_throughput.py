@@ -867,21 +867,22 @@ def make_spec(case: str, args: argparse.Namespace, machine: dict[str, Any]) -> d
     if case == "a":
         spec.update(kind="ours", train=_train_dict(batch, seq, **tiny_chunk))
     elif case.startswith("a_"):
-        # Variants of (a): a_dots (remat keeping matmul outputs), a_full (remat per block),
-        # a_xla (XLA attention instead of cuDNN), a_c256 / a_c1024 (loss chunk), a_b8 (batch 8).
-        variant = case[2:]
+        # Variants of (a), modifiers joined by "_": dots (remat keeping matmul outputs), full
+        # (remat per block), xla (XLA attention), cN (loss chunk N), b8 (batch 8).
         overrides: dict[str, Any] = dict(tiny_chunk)
-        if variant.startswith("c") and variant[1:].isdigit() and not tiny:
-            overrides["loss_chunk_size"] = int(variant[1:])
-        if variant == "b8":
-            batch = 2 * batch
-            spec["batch"] = batch
+        mods = case[2:].split("_")
+        for mod in mods:
+            if mod.startswith("c") and mod[1:].isdigit() and not tiny:
+                overrides["loss_chunk_size"] = int(mod[1:])
+            if mod == "b8":
+                batch = 2 * batch
+                spec["batch"] = batch
         spec.update(kind="ours", train=_train_dict(batch, seq, **overrides))
-        if variant == "dots":
+        if "dots" in mods:
             spec["remat_policy"] = "dots"
-        elif variant == "full":
+        elif "full" in mods:
             spec["remat_policy"] = True
-        elif variant == "xla":
+        if "xla" in mods:
             spec["impl"] = "xla"
     elif case == "b":
         spec.update(kind="keras_fit")
@@ -996,7 +997,7 @@ def expand_cases(text: str) -> list[str]:
             continue
         names = ALIASES.get(name, (name,))
         for n in names:
-            if n not in ALL_CASES and n not in VARIANTS:
+            if n not in ALL_CASES and not n.startswith("a_"):
                 raise SystemExit(f"unknown case {n!r}; choose from {', '.join(ALL_CASES)}, c, e")
             if n not in out:
                 out.append(n)
@@ -1075,7 +1076,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 rec = {"case": case, "ok": False, "skipped": True, "error": str(exc)}
                 log(f"== {case}: SKIPPED: {exc}")
             else:
-                log(f"== {case} ({CASE_TITLE[case]}) at {elapsed:.0f} s, limit {limit:.0f} s")
+                log(f"== {case} ({CASE_TITLE.get(case, 'ours, variant')}) at {elapsed:.0f} s, limit {limit:.0f} s")
                 rec = run_worker(
                     case, spec, spec["python"], worker_env(spec), limit, workdir, log_fh
                 )
@@ -1297,7 +1298,7 @@ def _notes(rec: dict[str, Any]) -> str:
 
 
 def _row(case: str, rec: dict[str, Any]) -> str:
-    system = CASE_TITLE[case]
+    system = CASE_TITLE.get(case, "ours, variant " + case[2:])
     return (
         f"| {case} | {system} | {_config(rec)} | {_num(rec.get('tokens_per_s'))} | "
         f"{_num(rec.get('step_ms'), '{:.1f}')} | {_num(rec.get('peak_gib'), '{:.2f}')} | "

@@ -3,8 +3,10 @@
 This module is a table of commands -> pipeline functions: it parses arguments, prints
 progress and results, and maps errors to exit codes. It holds no logic of its own.
 
-Exit codes: 0 success; 1 invalid data found (rows rejected, profile problems); 2 usage or
-environment errors (bad arguments, missing files, unreadable input).
+Exit codes: 0 success; 1 invalid data found (rows rejected, profile problems) or a training
+run failed; 2 usage or environment errors (bad arguments, missing files, unreadable input);
+130 interrupted (a training run stopped by Ctrl+C). `train` and `runs` live in
+:mod:`gemma_tui.cli_train`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gemma_tui import cli_train
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -552,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = profile_commands.add_parser("validate", help="check profile files; report every problem")
     p.add_argument("profiles", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_profile_validate)
+
+    cli_train.add_commands(commands)
     return parser
 
 
@@ -572,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         status = args.func(args)
-    except _UsageError as exc:
+    except (_UsageError, cli_train.TrainUsageError) as exc:
         parser.exit(EXIT_USAGE, f"gemma-tui: error: {exc}\n")
     except PipelineError as exc:
         console = _err_console()

@@ -7,6 +7,7 @@
 #
 #   bash scripts/make_oracle_env.sh            # creates .venv-oracle (about 1.2 GB, 1-3 min)
 #   GEMMA_TUI_ORACLE_PYTHON=.venv-oracle/bin/python pytest ...   # (found automatically)
+# Pinned to the versions the oracle tests were proven with (tests/oracle/, tests/oracle_peft/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-.venv-oracle}"
@@ -18,7 +19,7 @@ python3 -m venv "$dir"
 # torch first, pinned to the CPU build, so nothing below can pull a CUDA torch.
 "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "torch==2.13.0" "transformers==5.23.0" "peft" "accelerate" "gguf==0.19.0" \
-  "sentencepiece==0.2.3" "protobuf" "safetensors" "numpy"
+  "torch==2.13.0" "transformers==5.23.0" "peft==0.21.2" "accelerate==1.15.0" "gguf==0.19.0" \
+  "sentencepiece==0.2.3" "protobuf==7.36.2" "safetensors==0.8.0" "numpy==2.4.6"
 "$dir/bin/python" -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__; print('torch', torch.__version__)"
 echo "oracle environment ready: $dir"

@@ -48,12 +48,15 @@ def _make_fused() -> Any:
 
         def one(args: Any) -> Any:
             hc, tc, wc = args
+            # Logits in the compute dtype (bf16 on a GPU: half the bytes of float32, the
+            # same accumulation), the softmax statistics in float32.
             lg = jnp.einsum("nd,vd->nv", hc, e, preferred_element_type=jnp.float32)
+            lg = lg.astype(h.dtype).astype(jnp.float32)
             lse = jax.nn.logsumexp(lg, axis=-1)
             picked = jnp.take_along_axis(lg, tc[:, None], axis=-1)[:, 0]
             loss = jnp.sum(wc * (lse - picked))
-            dlg = jnp.exp(lg - lse[:, None]) * wc[:, None]
-            dlg = dlg.at[jnp.arange(size), tc].add(-wc).astype(h.dtype)
+            dlg = (jnp.exp(lg - lse[:, None]) * wc[:, None]).astype(h.dtype)
+            dlg = dlg.at[jnp.arange(size), tc].add(-wc.astype(h.dtype))
             dh = jnp.einsum("nv,vd->nd", dlg, e, preferred_element_type=jnp.float32)
             return loss, dh.astype(h.dtype)
 
