@@ -1178,7 +1178,8 @@ def render_md(summary: dict[str, Any]) -> str:
         "| case | system | config | tokens/s | step ms | peak GiB | compile s | MFU | notes |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for case in ("a", "b", "c_eager", "c_compile"):
+    variants = [c for c in recs if c.startswith("a_")]
+    for case in ("a", *variants, "b", "c_eager", "c_compile"):
         rec = recs.get(case)
         if rec is None:
             continue

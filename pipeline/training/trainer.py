@@ -176,7 +176,9 @@ def train(
     ``profile.model.source``. Returns a :class:`RunResult`; raises :class:`PipelineError` for
     problems found before the run starts (bad data, no model, ...)."""
     from pipeline.training import runs
+    from pipeline.utils.gpu import configure_jax_memory
 
+    configure_jax_memory()
     ws = workspace or Workspace.default()
     ckpt = None
     if resume is not None:
