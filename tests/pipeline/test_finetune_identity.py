@@ -90,5 +90,6 @@ def test_identity_finetune_learns_the_new_name(
         greedy_ids(params, adapter_dev, prompt, arch=loaded.arch, lora_scale=meta.scale, max_new_tokens=24)
     )
     base = loaded.tokenizer.decode(greedy_ids(params, None, prompt, arch=loaded.arch, max_new_tokens=24))
+    print(f"\nidentity: loss {first:.3f} -> {last:.3f}; base {base!r}; tuned {tuned!r}")
     assert "Quillbot" in tuned, f"fine-tuned reply: {tuned!r}"
     assert "Quillbot" not in base, f"base reply already says it: {base!r}"

@@ -234,3 +234,23 @@ def test_schedule_warmup_then_cosine() -> None:
     assert 0 < values[-1] < 0.05
     flat = optimizer.Schedule(peak=0.5, warmup=0, total=10, kind="constant")
     assert [flat.value(s) for s in (0, 9)] == pytest.approx([0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_forward_equals_keras_hub_on_the_real_270m() -> None:
+    """The embedded 270M, float32, a 600-token input (past the 512-token window, so local
+    and global layers both matter): our forward equals keras-hub's backbone."""
+    from pipeline.models.loader import load_model
+
+    loaded = load_model("embedded", dtype="float32")
+    text = "<bos><start_of_turn>user\n" + "Tell me about the sea. " * 110 + "<end_of_turn>\n"
+    ids = np.asarray([loaded.tokenizer.encode(text)[:600]], dtype="int32")
+    assert ids.shape[1] == 600
+    want = np.asarray(loaded.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    params = g.params_from_backbone(loaded.backbone)
+    got = np.asarray(g.hidden_states(params, None, jnp.asarray(ids), arch=loaded.arch))
+    scale = float(np.abs(want).max())
+    assert np.abs(got - want).max() < 1e-4 * max(scale, 1.0)
+    # and the logits' argmax agree at every position
+    emb = np.asarray(params["embed"])
+    assert (np.argmax(got[0] @ emb.T, -1) == np.argmax(want[0] @ emb.T, -1)).all()

@@ -329,3 +329,109 @@ def test_token_spans_on_a_tiny_vocabulary(tmp_path: Path) -> None:
     ]
     assert tok.token_spans(text) == [(0, 5), (5, 7), (7, 8), (8, 9), (9, 9)]
     assert tok.token_spans("") == []
+
+
+# --------------------------------------------------------------------------- the fast reader
+
+EMBEDDED_PROTO_SHA256 = "ba19e78c06d7182a798d9e842d3a2c0294dd3392d80849403a6ec72a77a48dab"
+"""sha256 of the proto that build_proto made from the embedded GGUF when it read the file
+with gguf.GGUFReader (FORMAT_VERSION 1): the fast reader must give the same bytes, so the
+protos cached by older versions stay valid."""
+
+
+def reference_vocab(path: Path) -> tokmod.GGUFVocab:
+    """The vocabulary read with gguf.GGUFReader, as build_proto read it before read_gguf."""
+    fields = gguf.GGUFReader(path).fields
+
+    def scalar(key: str, default: Any = None) -> Any:
+        field = fields.get(key)
+        return default if field is None else field.contents()
+
+    ids = {
+        name: scalar(f"tokenizer.ggml.{name}_token_id", default)
+        for name, default in (("unknown", 3), ("bos", 2), ("eos", 1), ("padding", 0))
+    }
+    return tokmod.GGUFVocab(
+        fields["tokenizer.ggml.tokens"].contents(),
+        fields["tokenizer.ggml.scores"].contents(),
+        fields["tokenizer.ggml.token_type"].contents(),
+        ids,
+        bool(scalar("tokenizer.ggml.add_space_prefix", False)),
+    )
+
+
+def assert_same_proto(new: bytes, old: bytes) -> None:
+    if new == old:
+        return
+    a, b = pb.ModelProto(), pb.ModelProto()
+    a.ParseFromString(new)
+    b.ParseFromString(old)
+    assert len(a.pieces) == len(b.pieces)
+    for i, (x, y) in enumerate(zip(a.pieces, b.pieces, strict=True)):
+        assert (x.piece, x.score, x.type) == (y.piece, y.score, y.type), i
+    assert a.trainer_spec == b.trainer_spec and a.normalizer_spec == b.normalizer_spec
+    raise AssertionError("the pieces are equal but the bytes differ: bump FORMAT_VERSION")
+
+
+def test_read_vocab_equals_the_gguf_reader(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    vocab, want = tokmod.read_vocab(path), reference_vocab(path)
+    assert vocab == want
+    assert_same_proto(build_proto(path), tokmod.proto_of(want))
+
+
+def test_embedded_proto_is_unchanged(tokenizer: GemmaTokenizer) -> None:
+    import hashlib
+    import time
+
+    from pipeline.models.embedded import embedded_gguf_path
+
+    path = embedded_gguf_path(Workspace.default())  # assembled by the tokenizer fixture
+    start = time.perf_counter()
+    proto = build_proto(path)
+    assert time.perf_counter() - start < 10  # 0.6 s measured; GGUFReader took 15 s
+    assert hashlib.sha256(proto).hexdigest() == EMBEDDED_PROTO_SHA256
+    assert tokmod.FORMAT_VERSION == 1
+    assert proto == tokenizer.proto  # what the cache holds, whichever version built it
+
+
+@pytest.mark.slow
+def test_embedded_proto_equals_the_gguf_reader_build() -> None:
+    from pipeline.models.embedded import embedded_gguf_path
+
+    path = embedded_gguf_path(Workspace.default())
+    vocab = tokmod.read_vocab(path)
+    want = reference_vocab(path)  # 10-15 s
+    assert vocab.special_ids == want.special_ids == {"unknown": 3, "bos": 2, "eos": 1, "padding": 0}
+    assert vocab.tokens == want.tokens and vocab.types == want.types
+    assert vocab.scores == want.scores
+    assert_same_proto(tokmod.proto_of(vocab), tokmod.proto_of(want))
+
+
+def write_gguf(path: Path, tokens: list[Any] | None, bos: int = 2) -> Path:
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_tokenizer_model("llama")
+    if tokens is not None:
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * len(tokens))
+        writer.add_token_scores([0.0] * len(tokens))
+    writer.add_bos_token_id(bos)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_bad_vocabularies_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=r"missing key 'tokenizer\.ggml\.tokens'"):
+        build_proto(write_gguf(tmp_path / "none.gguf", None))
+    with pytest.raises(ModelSourceError, match="not valid UTF-8"):
+        build_proto(write_gguf(tmp_path / "utf8.gguf", ["<pad>", "<eos>", b"\xff\xfe", "<unk>"]))
+    with pytest.raises(ModelSourceError, match="bos_token_id 9 is not in the vocabulary"):
+        build_proto(write_gguf(tmp_path / "ids.gguf", ["<pad>", "<eos>", "<bos>", "<unk>"], 9))
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()[:3000])
+    with pytest.raises(ModelSourceError, match="not a readable GGUF"):
+        build_proto(cut)
