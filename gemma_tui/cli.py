@@ -518,7 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--removed", metavar="PATH", help="where to list removed rows")
 
     p = add_data("stats", "token lengths, truncation and trained-token share", cmd_stats)
-    p.add_argument("--max-seq-len", type=int, default=1024, metavar="N")
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="the trainer's train.sequence_length: an example keeps its first N + 1 tokens "
+        "(a row predicts tokens 1..N from 0..N-1); longer ones count as truncated "
+        "(default 1024)",
+    )
     p.add_argument("--train-on-prompt", action="store_true", help="count prompt tokens as trained")
     p.add_argument("--json", action="store_true", help="print the stats as JSON on stdout")
 

@@ -159,7 +159,8 @@ def start_run(
     """Start a fresh run and wait until metrics.jsonl holds two train rows."""
     profile = tmp_path / f"{name}.toml"
     profile.write_text(PROFILE.format(name=name))
-    train = Train(["--profile", str(profile), "--data", str(data_file)], workspace, tmp_path / "1.err")
+    args = ["--profile", str(profile), "--data", str(data_file)]
+    train = Train(args, workspace, tmp_path / "1.err")
     processes.append(train)
     train.wait_for(
         "two train rows in metrics.jsonl",
@@ -186,7 +187,7 @@ def check_stopped(run: Path) -> int:
     assert all(c.ok for c in list_checkpoints(run))
     assert not list((run / "checkpoints").glob(".tmp-*"))
     latest = latest_checkpoint(run)
-    assert latest == run / "checkpoints" / f"step-{step:06d}"
+    assert latest is not None and latest == run / "checkpoints" / f"step-{step:06d}"
     ckpt = load_checkpoint(latest)
     assert ckpt.step == step and ckpt.state["total_steps"] == 100000
     assert ckpt.meta.rank == 4 and ckpt.meta.targets == ("q", "v")
@@ -243,11 +244,14 @@ def test_second_ctrl_c_during_the_stop_ends_quickly(
     assert time.monotonic() - second < 15, "the second Ctrl+C did not end the run quickly"
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "stopped", record
-    # Whatever the second signal interrupted, no half-written checkpoint is left and the
-    # latest one loads.
+    # Whatever the second signal interrupted (the last step's read, the checkpoint write),
+    # no half-written checkpoint is left and what is there loads.
+    # (Not checked here: metrics.jsonl may lose or repeat the last step's row, and run.json's
+    # step may lag the checkpoint, when the KeyboardInterrupt lands inside the trainer's
+    # read of a step's metrics or between the checkpoint write and the record update.)
     assert all(c.ok for c in list_checkpoints(run))
     assert not list(run.glob("**/.tmp-*"))
     latest = latest_checkpoint(run)
-    if latest is not None:
+    if latest is not None:  # None: the second signal aborted the checkpoint write itself
         ckpt = load_checkpoint(latest)
-        assert ckpt.step == record["step"] >= 2
+        assert ckpt.step >= 2 and ckpt.step >= record["step"]

@@ -41,7 +41,7 @@ class StatsPane(Vertical):
         if first_time:
             text += (
                 "\nThe tokenizer is built from the embedded Gemma 3 GGUF the first time"
-                " (about 30 s); later loads take about a second."
+                " (a second or two); later loads read it from the cache."
             )
         self.query_one("#stats-summary", Static).update(text)
 
@@ -74,7 +74,10 @@ class StatsPane(Vertical):
 
 
 def summary_rows(stats: DatasetStats, max_seq_len: int) -> list[tuple[str, str]]:
-    """(label, value): records, mean, p90, max, over max_seq_len, trained share."""
+    """(label, value): records, mean, p90, max, over max_seq_len, trained share.
+
+    "over max_seq_len N" counts the records the trainer truncates at ``sequence_length`` N:
+    those of more than N + 1 tokens (a row of N positions holds N + 1 tokens)."""
     summary = stats.summary
     examples = stats.examples
     over = f"{stats.truncated:,}"

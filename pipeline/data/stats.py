@@ -15,11 +15,17 @@ the lengths include ``<bos>``, the turn markers and the template's newlines, exa
 training example holds. Invalid rows (as ``iter_checked`` reports them) are counted and
 skipped.
 
-Truncation rule (the trainer's): an example of more than ``max_seq_len`` tokens keeps its first
-``max_seq_len`` tokens. ``truncated`` counts such examples, ``truncated_tokens`` the tokens
-dropped, and the trained share is given before (``trained_tokens / total_tokens``) and after
-truncation (``kept_trained_tokens / kept_tokens``). ``lost_all_trained`` counts examples whose
-every trained token falls past ``max_seq_len``: they would teach nothing.
+Truncation rule (the trainer's, :mod:`pipeline.training.batches`): ``max_seq_len`` is the
+trainer's ``train.sequence_length`` S. A row predicts tokens ``1..S`` from tokens ``0..S-1``,
+so an example keeps its first ``S + 1`` tokens; one of more than ``S + 1`` tokens is
+truncated. ``truncated`` counts such examples, ``truncated_tokens`` the tokens dropped, and
+the trained share is given before (``trained_tokens / total_tokens``) and after truncation
+(``kept_trained_tokens / kept_tokens``). ``lost_all_trained`` counts examples whose every
+trained token falls past the first ``S + 1`` tokens: they would teach nothing, and the
+trainer drops them. At ``max_seq_len`` S the statistics count exactly what the trainer at
+``sequence_length`` S truncates (``truncated``), drops for lack of a trained target
+(``lost_all_trained``, every example having one before truncation) and trains on
+(``kept_trained_tokens``).
 
 Memory: one int32 per example (the lengths, for the histogram) plus one batch.
 """
@@ -82,6 +88,8 @@ class DatasetStats:
 
     sources: tuple[str, ...]
     max_seq_len: int
+    """The trainer's sequence_length: each example keeps its first ``max_seq_len + 1``
+    tokens."""
     train_on_prompt: bool
     examples: int
     """Valid conversations measured."""
@@ -94,11 +102,11 @@ class DatasetStats:
     trained_tokens: int
     """Tokens inside the loss mask, before truncation."""
     truncated: int
-    """Examples longer than ``max_seq_len``."""
+    """Examples of more than ``max_seq_len + 1`` tokens (cut by truncation)."""
     truncated_tokens: int
     """Tokens dropped by truncation."""
     kept_trained_tokens: int
-    """Trained tokens within the first ``max_seq_len`` tokens of each example."""
+    """Trained tokens within the first ``max_seq_len + 1`` tokens of each example."""
     lost_all_trained: int
     """Examples with trained tokens of which none survive truncation."""
     seconds: float
@@ -179,7 +187,7 @@ class _Accumulator:
         top = self.train_on_prompt
         formatted = [format_conversation(c, train_on_prompt=top) for c in batch]
         encoded = self.tokenizer.encode_batch_with_mask(formatted)
-        limit = self.max_seq_len
+        limit = self.max_seq_len + 1  # the trainer keeps sequence_length + 1 tokens
         lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int32, count=len(encoded))
         for (_, mask), n in zip(encoded, lengths.tolist(), strict=True):
             trained = int(np.count_nonzero(mask))
@@ -274,7 +282,8 @@ def _run(
         StageDone(
             STAGE,
             f"{stats.examples:,} examples, {stats.total_tokens:,} tokens (median {s.median:.0f}, "
-            f"p99 {s.p99:.0f}, max {s.max}); {stats.truncated:,} over {max_seq_len}; "
+            f"p99 {s.p99:.0f}, max {s.max}); {stats.truncated:,} truncated at max_seq_len "
+            f"{max_seq_len}; "
             f"trained {stats.trained_share:.1%}; {stats.invalid:,} invalid skipped; "
             f"{stats.tokens_per_second:,.0f} tokens/s",
             elapsed,

@@ -183,10 +183,15 @@ def train(
     ckpt = None
     if resume is not None:
         rdir = runs.resolve_run(resume, ws)
-        profile, ckpt = _load_resume_point(rdir)
+        profile, ckpt = _load_resume_point(rdir, on_event)
         record = runs.read_run_record(rdir)
         data = data or record.data
-        model = model or record.model
+        if model is not None and model != profile.model.source:
+            raise TrainingError(
+                f"the run {rdir.name} was trained on model {profile.model.source!r}, not "
+                f"{model!r}; a run resumes with its own model",
+                hint="Drop --model, or start a new run on the other model.",
+            )
     else:
         if model is not None:
             profile = dataclasses.replace(
@@ -211,9 +216,9 @@ def train(
         return _train_locked(profile, rdir, ckpt, str(data), ws, on_event, should_stop)
 
 
-def _load_resume_point(rdir: Path) -> tuple[Profile, Any]:
+def _load_resume_point(rdir: Path, on_event: EventSink = ignore_event) -> tuple[Profile, Any]:
     from pipeline.profiles.io import load_profile
-    from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
+    from pipeline.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
     prof_path = rdir / "profile.toml"
     if not prof_path.is_file():
@@ -222,8 +227,15 @@ def _load_resume_point(rdir: Path) -> tuple[Profile, Any]:
             hint="Pick a folder listed by `gemma-tui runs`.",
         )
     profile = load_profile(prof_path)
-    latest = latest_checkpoint(rdir)
+    latest = latest_checkpoint(rdir, on_event=on_event)
     if latest is None:
+        damaged = [c for c in list_checkpoints(rdir) if not c.ok]
+        if damaged:
+            raise TrainingError(
+                f"{rdir} has no usable checkpoint: "
+                + "; ".join(f"{c.path.name} is damaged ({c.problem})" for c in damaged),
+                hint="The run cannot be resumed; start a new run with its profile.toml.",
+            )
         raise TrainingError(
             f"{rdir} has no checkpoint to resume from",
             hint="Start a new run; a run saves its first checkpoint at train.checkpoint_every.",
@@ -312,6 +324,20 @@ def _train_locked(
     return result
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """On resume from ``step``: remove the metrics rows of later steps (written before a crash,
+    or before a checkpoint that turned out damaged), so every step stays in the file once."""
+    import json
+
+    from pipeline.training import runs
+
+    rows = runs.read_metrics(path)
+    kept = [r for r in rows if int(r.get("step", 0)) <= step]
+    if len(kept) != len(rows):
+        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept]
+        runs.write_text_atomic(path, "".join(lines))
+
+
 def _pid() -> int:
     import os
 
@@ -395,10 +421,15 @@ def _run(
             tokens_per_step=tokens_per_step,
         )
     )
-    metrics_out = runs.MetricsWriter(rdir / "metrics.jsonl")
+    metrics_path = rdir / runs.METRICS_JSONL
+    if ckpt is not None:
+        _drop_metrics_after(metrics_path, start)
+    metrics_out = runs.MetricsWriter(metrics_path)
+    saved_step: int | None = None
 
     def snapshot(step: int) -> None:
         """Write a checkpoint of the current (host-copied) adapter and optimizer state."""
+        nonlocal saved_step
         started = time.perf_counter()
         host_adapter = jax.device_get(adapter)
         host_opt = flatten_tree(jax.device_get(opt_state))
@@ -419,6 +450,7 @@ def _run(
         logger.log(f"checkpoint step {step} -> {path} ({seconds:.1f} s)")
         state["record"] = state["record"].updated_now(step=step)
         runs.write_run_record(rdir, state["record"])
+        saved_step = step
 
     def evaluate(step: int) -> float | None:
         nonlocal best_eval
@@ -441,17 +473,22 @@ def _run(
     last_loss: float | None = ckpt.state.get("last_loss") if ckpt is not None else None
     run_started = time.perf_counter()
     step = start
-    pending: tuple[int, Any, float] | None = None  # (step, device metrics, dispatch time)
+    unread: list[tuple[int, Any, float]] = []  # (step, device metrics, dispatch time)
+    written = start  # the last step whose metrics row is written
+    bad_step: int | None = None
     last_read = time.perf_counter()
 
     def read(pending: tuple[int, Any, float]) -> None:
-        nonlocal last_loss, last_read
+        nonlocal last_loss, last_read, written, bad_step
         done_step, dev_metrics, _ = pending
+        if done_step <= written:
+            return  # read already (a Ctrl+C came after its row was written)
         m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
         now = time.perf_counter()
         seconds = max(now - last_read, 1e-9)
         last_read = now
         if not m["finite"]:
+            bad_step = done_step
             raise TrainingError(
                 f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {done_step}; "
                 "the step changed nothing and the last good checkpoint is kept",
@@ -481,6 +518,7 @@ def _run(
             "host_rss_bytes": mem.host_rss_bytes,
         }
         metrics_out.write(row)
+        written = done_step
         logger(
             StepMetrics(
                 step=done_step, total_steps=total, loss=m["loss"], learning_rate=m["lr"],
@@ -491,6 +529,18 @@ def _run(
                 host_rss_bytes=mem.host_rss_bytes,
             )
         )  # fmt: skip
+
+    def read_all() -> None:
+        while unread:
+            read(unread[0])
+            unread.pop(0)
+
+    def failed(exc: TrainingError) -> RunResult:
+        # a non-finite step changed nothing: the run stands at the step before it
+        at = bad_step - 1 if bad_step is not None else step
+        state["record"] = dataclasses.replace(state["record"], step=at)
+        logger.log(str(exc), "error")
+        return RunResult(rdir, "failed", at, total, last_loss, best_eval, str(exc))
 
     status, message = "finished", ""
     try:
@@ -505,39 +555,33 @@ def _run(
                 if _is_oom(exc):
                     raise _oom_error(profile, arch, exc) from exc
                 raise
+            unread.append((step + 1, dev_metrics, time.perf_counter()))
             step += 1
-            if pending is not None:
-                read(pending)
-            pending = (step, dev_metrics, time.perf_counter())
             # Metrics are read one step late so the host never waits for the device, except
             # at the points below where the state must be exact.
             at_eval = t.eval_every > 0 and step % t.eval_every == 0 and step < total
             at_ckpt = t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < total
             if at_eval or at_ckpt or step == total:
-                read(pending)
-                pending = None
+                read_all()
+            while len(unread) > 1:
+                read(unread[0])
+                unread.pop(0)
             if at_eval:
                 evaluate(step)
             if at_ckpt:
                 snapshot(step)
-        if pending is not None:
-            read(pending)
-            pending = None
+        read_all()
     except KeyboardInterrupt:
         status, message = "stopped", f"interrupted at step {step}"
-        if pending is not None:
-            try:
-                read(pending)
-            except TrainingError:
-                raise
-        pending = None
+        try:
+            read_all()
+        except TrainingError as exc:
+            return failed(exc)
     except TrainingError as exc:
-        state["record"] = dataclasses.replace(state["record"], step=step)
-        logger.log(str(exc), "error")
-        return RunResult(rdir, "failed", step, total, last_loss, best_eval, str(exc))
+        return failed(exc)
     if status == "finished":
         evaluate(step)
-    if step > start or status == "finished":
+    if status == "finished" or (step > start and step != saved_step):
         snapshot(step)
     _ = np  # numpy is imported for jax.device_get's host arrays
     logger.log(f"run {status} at step {step} of {total}")

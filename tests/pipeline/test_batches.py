@@ -106,9 +106,9 @@ def test_truncation_keeps_first_s_plus_one_tokens_and_drops_untrained() -> None:
     assert ex[1].ids.tolist() == list(range(S + 1))
 
 
-def test_stats_truncation_rule_differs_by_one_token(tokenizer: GemmaTokenizer) -> None:
-    """pipeline/data/stats.py keeps max_seq_len tokens; the trainer keeps S + 1. Stats at
-    max_seq_len = S + 1 counts exactly what the trainer truncates and drops."""
+def test_stats_truncation_rule_is_the_trainers(tokenizer: GemmaTokenizer) -> None:
+    """pipeline/data/stats.py and the trainer keep S + 1 tokens: stats at max_seq_len = S
+    counts exactly what the trainer at sequence_length = S truncates and drops."""
     from pipeline.data.stats import conversation_stats
 
     convs = [qa("word " * k, "reply " * (30 - k)) for k in range(1, 30, 3)]
@@ -118,7 +118,7 @@ def test_stats_truncation_rule_differs_by_one_token(tokenizer: GemmaTokenizer) -
         again = truncate_examples(full, s)  # the same rule on examples tokenized earlier
         assert np.array_equal(again.examples.ids, got.examples.ids)
         assert (again.truncated, again.dropped_untrained) == (got.truncated, got.dropped_untrained)
-        stats = conversation_stats(convs, tokenizer=tokenizer, max_seq_len=s + 1)
+        stats = conversation_stats(convs, tokenizer=tokenizer, max_seq_len=s)
         assert got.truncated == stats.truncated
         assert got.dropped_untrained == stats.lost_all_trained
         assert got.trained_tokens == stats.kept_trained_tokens

@@ -44,19 +44,21 @@ CONVS = [
 
 
 def expected(tok: GemmaTokenizer, convs: list[Conversation], limit: int) -> dict[str, Any]:
-    """The statistics, computed the slow obvious way."""
+    """The statistics, computed the slow obvious way: max_seq_len is the trainer's
+    sequence_length, so an example keeps its first limit + 1 tokens."""
     total = trained = truncated = dropped = kept_trained = lost = 0
     lengths = []
+    keep = limit + 1
     for c in convs:
         ids, mask = tok.encode_with_mask(format_conversation(c))
         lengths.append(len(ids))
         total += len(ids)
         trained += sum(mask)
-        kept_trained += sum(mask[:limit])
-        if len(ids) > limit:
+        kept_trained += sum(mask[:keep])
+        if len(ids) > keep:
             truncated += 1
-            dropped += len(ids) - limit
-            lost += int(sum(mask) > 0 and sum(mask[:limit]) == 0)
+            dropped += len(ids) - keep
+            lost += int(sum(mask) > 0 and sum(mask[:keep]) == 0)
     return {
         "lengths": lengths,
         "total_tokens": total,
@@ -81,6 +83,36 @@ def test_conversation_stats_match_a_slow_count(tokenizer: GemmaTokenizer, limit:
     assert stats.trained_share_after_truncation == pytest.approx(
         stats.kept_trained_tokens / stats.kept_tokens
     )
+
+
+def test_an_example_of_max_seq_len_plus_one_tokens_fits(tokenizer: GemmaTokenizer) -> None:
+    # A row of S positions holds S + 1 tokens (inputs 0..S-1, targets 1..S): the trainer's rule.
+    conv = CONVS[1]
+    n = len(tokenizer.encode(format_conversation(conv).text))
+    fits = conversation_stats([conv], tokenizer=tokenizer, max_seq_len=n - 1)
+    assert (fits.truncated, fits.truncated_tokens, fits.kept_tokens) == (0, 0, n)
+    assert fits.kept_trained_tokens == fits.trained_tokens
+    cut = conversation_stats([conv], tokenizer=tokenizer, max_seq_len=n - 2)
+    assert (cut.truncated, cut.truncated_tokens, cut.kept_tokens) == (1, 1, n - 1)
+    assert cut.kept_trained_tokens == cut.trained_tokens  # the newline after <end_of_turn>
+    cut = conversation_stats([conv], tokenizer=tokenizer, max_seq_len=n - 3)
+    assert (cut.truncated, cut.truncated_tokens) == (1, 2)
+    assert cut.kept_trained_tokens == cut.trained_tokens - 1  # <end_of_turn> is trained
+
+
+@pytest.mark.parametrize("limit", [8, 20, 40, 1024])
+def test_stats_count_what_the_trainer_truncates(tokenizer: GemmaTokenizer, limit: int) -> None:
+    from pipeline.training.batches import tokenize_conversations
+
+    stats = conversation_stats(CONVS, tokenizer=tokenizer, max_seq_len=limit)
+    trainer = tokenize_conversations(CONVS, tokenizer, sequence_length=limit)
+    assert stats.truncated == trainer.truncated
+    assert stats.lost_all_trained == trainer.dropped_untrained
+    assert stats.kept_trained_tokens == trainer.trained_tokens
+    kept_rows = len(CONVS) - trainer.dropped_untrained
+    assert kept_rows == len(trainer.examples)
+    if not trainer.dropped_untrained:
+        assert stats.kept_tokens == trainer.tokens
 
 
 def test_truncation_can_remove_every_trained_token(tokenizer: GemmaTokenizer) -> None:
