@@ -1076,7 +1076,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                 rec = {"case": case, "ok": False, "skipped": True, "error": str(exc)}
                 log(f"== {case}: SKIPPED: {exc}")
             else:
-                log(f"== {case} ({CASE_TITLE.get(case, 'ours, variant')}) at {elapsed:.0f} s, limit {limit:.0f} s")
+                title = CASE_TITLE.get(case, "ours, variant")
+                log(f"== {case} ({title}) at {elapsed:.0f} s, limit {limit:.0f} s")
                 rec = run_worker(
                     case, spec, spec["python"], worker_env(spec), limit, workdir, log_fh
                 )

@@ -249,6 +249,7 @@ class StopOnInterrupt:
         self.console = console
         self.requested = False
         self._previous: Any = None
+        self._previous_term: dict[int, Any] = {}
         self._installed = False
 
     def __call__(self) -> bool:
@@ -265,15 +266,26 @@ class StopOnInterrupt:
             highlight=False,
         )
 
+    def _handle_term(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM / SIGHUP (``kill``, a closed SSH session): stop after this step with a
+        checkpoint, like the first Ctrl+C."""
+        self.requested = True
+
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous_term = {
+                sig: signal.signal(sig, self._handle_term)
+                for sig in (signal.SIGTERM, signal.SIGHUP)
+            }
             self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            for sig, previous in self._previous_term.items():
+                signal.signal(sig, previous or signal.SIG_DFL)
             self._installed = False
 
 
@@ -357,6 +369,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TrainUsageError(f"--max-steps must be at least 1, got {args.max_steps}.")
     if args.resume and args.run_dir:
         raise TrainUsageError("--resume continues a run in its own folder; leave --run-dir out.")
+    if args.resume and args.max_steps is not None:
+        raise TrainUsageError(
+            "--resume continues a run to the length it was started with; leave --max-steps out "
+            "(or start a new run)."
+        )
     if args.profile is None:
         if not args.resume:
             raise TrainUsageError("--profile is required (a shipped name or a .toml file).")

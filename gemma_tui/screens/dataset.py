@@ -333,7 +333,7 @@ class DatasetScreen(JobScreen):
             return
         if first:
             self.query_one(JobBar).show_detail(
-                "loading the tokenizer (the first time it is built from the embedded GGUF, ~30 s)"
+                "loading the tokenizer (built from the embedded GGUF the first time: a second)"
             )
         self.query_one(StatsPane).show_computing(first_time=first)
         job.worker = self._stats_worker(

@@ -90,7 +90,7 @@ class GemmaArch:
     def same_shape(self, other: GemmaArch) -> bool:
         """Equal in every dimension (the name may differ: "custom" vs "gemma3_270m")."""
         a, b = self.to_dict(), other.to_dict()
-        a.pop("name"), b.pop("name")
+        del a["name"], b["name"]
         return a == b
 
 

@@ -117,7 +117,8 @@ def random_params(arch: GemmaArch, dtype: str = "bfloat16", seed: int = 0) -> di
     layers = []
     for _ in range(arch.num_layers):
         key, *subkeys = jax.random.split(key, len(shapes) + 1)
-        layers.append({name: make(sk, shape) for sk, (name, shape) in zip(subkeys, shapes.items())})
+        pairs = zip(subkeys, shapes.items(), strict=True)
+        layers.append({name: make(sk, shape) for sk, (name, shape) in pairs})
     key, sub = jax.random.split(key)
     embed = (jax.random.normal(sub, (arch.vocabulary_size, d), jnp.float32) * 0.02).astype(dtype)
     return {"embed": embed, "final_norm": jnp.zeros((d,), dtype), "layers": layers}
@@ -251,7 +252,7 @@ def _block(
     import jax.numpy as jnp
 
     eps = arch.layer_norm_epsilon
-    b, t, d = x.shape
+    b, t, _d = x.shape
     n, kv, hd = arch.num_query_heads, arch.num_key_value_heads, arch.head_dim
     dt = x.dtype
 

@@ -69,7 +69,7 @@ def _make_fused() -> Any:
         return loss, (dh, embed, targets, weights)
 
     def bwd(chunk_tokens: int, res: Any, g: Any) -> Any:
-        dh, embed, targets, weights = res
+        dh, embed, _targets, weights = res
         del chunk_tokens
         return (
             (dh.astype(jnp.float32) * g).astype(dh.dtype),

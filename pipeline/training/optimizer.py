@@ -57,7 +57,11 @@ def init_state(params: Any) -> dict[str, Any]:
     import jax.numpy as jnp
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    return {"mu": zeros, "nu": jax.tree.map(jnp.zeros_like, zeros), "count": jnp.zeros((), jnp.int32)}
+    return {
+        "mu": zeros,
+        "nu": jax.tree.map(jnp.zeros_like, zeros),
+        "count": jnp.zeros((), jnp.int32),
+    }
 
 
 def global_norm(tree: Any) -> jax.Array:

@@ -86,7 +86,7 @@ def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
                 f"expected {tuple(leaf.shape)}"
             )
         leaves.append(value)
-    return jax.tree_util.tree_unflatten(treedef, [lf for _, lf in zip(paths, leaves)])
+    return jax.tree_util.tree_unflatten(treedef, [lf for _, lf in zip(paths, leaves, strict=False)])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -114,15 +114,16 @@ def _oom_error(profile: Profile, arch: Any, exc: BaseException) -> OutOfMemoryEr
     )
     try:
         from pipeline.training.memory import estimate_memory
-        from pipeline.utils.gpu import jax_memory
+        from pipeline.utils.gpu import jax_memory, nvml_memory
 
-        limit = jax_memory().get("bytes_limit")
+        card = nvml_memory()
+        limit = card[1] if card else jax_memory().get("bytes_limit")
         est = estimate_memory(arch, profile.lora, profile.train, weight_dtype=profile.model.dtype)
         if limit:
             advice = est.advice(limit)
             if advice:
                 hint = advice
-    except Exception:  # noqa: BLE001 - the advice is a bonus; the OOM message is what matters
+    except Exception:
         pass
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     t = profile.train
@@ -275,9 +276,10 @@ def _train_locked(
     try:
         result = _run(profile, rdir, ckpt, data, ws, logger, should_stop, state)
     except KeyboardInterrupt:
+        at = state["record"].step
         result = RunResult(
-            rdir, "stopped", state["record"].step, state["record"].total_steps, None, None,
-            "interrupted before the first step",
+            rdir, "stopped", at, state["record"].total_steps, None, None,
+            f"interrupted at step {at}" if at else "interrupted before the first step",
         )  # fmt: skip
     except JobCancelled:
         result = RunResult(
@@ -285,18 +287,14 @@ def _train_locked(
             "stopped before the first step",
         )  # fmt: skip
     except PipelineError as exc:
-        runs.write_run_record(
-            rdir, state["record"].updated_now(status="failed", error=str(exc))
-        )
+        runs.write_run_record(rdir, state["record"].updated_now(status="failed", error=str(exc)))
         logger.log(str(exc), "error")
         logger(RunFinished("failed", state["record"].step, str(rdir), str(exc)))
         logger.close()
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-        runs.write_run_record(
-            rdir, state["record"].updated_now(status="failed", error=message)
-        )
+        runs.write_run_record(rdir, state["record"].updated_now(status="failed", error=message))
         logger.log(message, "error")
         logger(RunFinished("failed", state["record"].step, str(rdir), message))
         logger.close()
@@ -368,16 +366,31 @@ def _run(
     from pipeline.utils.gpu import read_memory
 
     t = profile.train
-    if jax.default_backend() == "gpu" and t.precision == "float32" and profile.model.dtype == "float32":
+    if (
+        jax.default_backend() == "gpu"
+        and t.precision == "float32"
+        and profile.model.dtype == "float32"
+    ):
         logger.log("float32 on a GPU is slow and uses twice the memory; bfloat16 is the default")
-    loaded = load_model(profile.model.source, dtype=profile.model.dtype, workspace=ws, on_event=logger, should_stop=should_stop)
+    loaded = load_model(
+        profile.model.source,
+        dtype=profile.model.dtype,
+        workspace=ws,
+        on_event=logger,
+        should_stop=should_stop,
+    )
     arch = loaded.arch
     logger.log(f"Model: {loaded.description}")
     prepared = prepare_data(
         profile.data, t, loaded.tokenizer, train_path=data, workspace=ws, on_event=logger,
         should_stop=should_stop, rejects_dir=rdir,
     )  # fmt: skip
-    meta = AdapterMeta(rank=profile.lora.rank, alpha=profile.lora.alpha, targets=tuple(profile.lora.targets), arch=arch)
+    meta = AdapterMeta(
+        rank=profile.lora.rank,
+        alpha=profile.lora.alpha,
+        targets=tuple(profile.lora.targets),
+        arch=arch,
+    )
     stream = BatchStream(
         prepared.train, batch_size=t.batch_size, sequence_length=t.sequence_length,
         packing=t.packing, seed=t.seed,
@@ -465,7 +478,9 @@ def _run(
         loss = loss_sum / max(count, 1.0)
         seconds = time.perf_counter() - started
         best_eval = loss if best_eval is None else min(best_eval, loss)
-        metrics_out.write({"type": "eval", "step": step, "loss": loss, "tokens": int(count), "seconds": seconds})
+        metrics_out.write(
+            {"type": "eval", "step": step, "loss": loss, "tokens": int(count), "seconds": seconds}
+        )
         logger(EvalMetrics(step, loss, int(count), seconds))
         state["record"] = dataclasses.replace(state["record"], best_eval_loss=best_eval)
         return loss
@@ -548,7 +563,9 @@ def _run(
             if should_stop():
                 status, message = "stopped", f"stopped by request at step {step}"
                 break
-            batch = stack_micro_batches([stream.next_batch() for _ in range(t.gradient_accumulation_steps)])
+            batch = stack_micro_batches(
+                [stream.next_batch() for _ in range(t.gradient_accumulation_steps)]
+            )
             try:
                 adapter, opt_state, dev_metrics = step_fn.run(adapter, opt_state, frozen, batch)
             except Exception as exc:
@@ -579,6 +596,11 @@ def _run(
             return failed(exc)
     except TrainingError as exc:
         return failed(exc)
+    except Exception as exc:
+        # An OOM of a temporary buffer shows only when the step's result is read.
+        if _is_oom(exc):
+            raise _oom_error(profile, arch, exc) from exc
+        raise
     if status == "finished":
         evaluate(step)
     if status == "finished" or (step > start and step != saved_step):

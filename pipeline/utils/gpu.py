@@ -58,7 +58,7 @@ def jax_memory(device: Any = None) -> dict[str, int]:
     dev = device or jax.local_devices()[0]
     try:
         stats = dev.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+    except Exception:
         stats = {}
     return {k: int(v) for k, v in stats.items() if isinstance(v, int | float)}
 
@@ -72,7 +72,7 @@ def nvml_memory(index: int = 0) -> tuple[int, int] | None:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         return int(info.used), int(info.total)
-    except Exception:  # noqa: BLE001 - no library, no driver, no device: no reading
+    except Exception:
         return None
 
 

@@ -56,9 +56,7 @@ def _profile() -> Profile:
 
 
 @pytest.mark.slow
-def test_identity_finetune_learns_the_new_name(
-    shared_datasets: Path, tmp_path: Path
-) -> None:
+def test_identity_finetune_learns_the_new_name(shared_datasets: Path, tmp_path: Path) -> None:
     import jax
 
     from pipeline.data.formatter import format_prompt
@@ -75,7 +73,9 @@ def test_identity_finetune_learns_the_new_name(
     # the run itself goes to tmp_path.
     result = train(_profile(), data=data, run_dir=tmp_path / "run")
     assert result.status == "finished", result.message
-    losses = [r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl") if r["type"] == "train"]
+    losses = [
+        r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl") if r["type"] == "train"
+    ]
     assert len(losses) == 24
     first, last = sum(losses[:2]) / 2, sum(losses[-3:]) / 3
     assert last <= first / 2, f"loss {first:.3f} -> {last:.3f}: did not fall by half"
@@ -87,9 +87,13 @@ def test_identity_finetune_learns_the_new_name(
     prompt = loaded.tokenizer.encode(format_prompt(conv))
     adapter_dev: Any = jax.tree.map(jax.numpy.asarray, adapter)
     tuned = loaded.tokenizer.decode(
-        greedy_ids(params, adapter_dev, prompt, arch=loaded.arch, lora_scale=meta.scale, max_new_tokens=24)
+        greedy_ids(
+            params, adapter_dev, prompt, arch=loaded.arch, lora_scale=meta.scale, max_new_tokens=24
+        )
     )
-    base = loaded.tokenizer.decode(greedy_ids(params, None, prompt, arch=loaded.arch, max_new_tokens=24))
+    base = loaded.tokenizer.decode(
+        greedy_ids(params, None, prompt, arch=loaded.arch, max_new_tokens=24)
+    )
     print(f"\nidentity: loss {first:.3f} -> {last:.3f}; base {base!r}; tuned {tuned!r}")
     assert "Quillbot" in tuned, f"fine-tuned reply: {tuned!r}"
     assert "Quillbot" not in base, f"base reply already says it: {base!r}"

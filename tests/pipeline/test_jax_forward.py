@@ -13,6 +13,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+import itertools  # noqa: E402
+
 from pipeline.models import gemma3_jax as g  # noqa: E402
 from pipeline.models.config import ARCH_TINY, build_backbone  # noqa: E402
 from pipeline.profiles.schema import TrainConfig  # noqa: E402
@@ -68,7 +70,9 @@ def test_forward_equals_keras_hub_backbone(tiny_backbone: Any) -> None:
     want = np.asarray(tiny_backbone({"token_ids": ids, "padding_mask": pad}))
     params = g.params_from_backbone(tiny_backbone)
     got = np.asarray(
-        g.hidden_states(params, None, jnp.asarray(ids), arch=ARCH_TINY, segment_ids=jnp.asarray(pad))
+        g.hidden_states(
+            params, None, jnp.asarray(ids), arch=ARCH_TINY, segment_ids=jnp.asarray(pad)
+        )
     )
     assert np.abs(got[0] - want[0]).max() < 5e-5
     assert np.abs(got[1, :30] - want[1, :30]).max() < 5e-5
@@ -86,7 +90,7 @@ def test_lora_path_equals_merged_kernels(tiny_backbone: Any) -> None:
     )
     merged = build_backbone(ARCH_TINY, seed=0)
     a = ARCH_TINY
-    for src, dst in zip(tiny_backbone.weights, merged.weights):
+    for src, dst in zip(tiny_backbone.weights, merged.weights, strict=False):
         dst.assign(np.array(src.numpy()))
     names = {"q": "query", "k": "key", "v": "value", "o": "attention_output"}
     names |= {"gate": "ffw_gating", "up": "ffw_gating_2", "down": "ffw_linear"}
@@ -230,7 +234,7 @@ def test_schedule_warmup_then_cosine() -> None:
     values = [sched.value(s) for s in range(20)]
     assert values[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert values[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(values[4:]))
     assert 0 < values[-1] < 0.05
     flat = optimizer.Schedule(peak=0.5, warmup=0, total=10, kind="constant")
     assert [flat.value(s) for s in (0, 9)] == pytest.approx([0.5, 0.5])

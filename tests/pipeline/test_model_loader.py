@@ -317,7 +317,7 @@ def embedded_vocab() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, embedded_vocab: dict) -> dict:
     """A tiny Gemma 3 GGUF, its tensors, and a workspace that already holds its tokenizer
-    (building a tokenizer proto from a GGUF takes 15-30 s, once)."""
+    (building a tokenizer proto from a GGUF takes about a second, once)."""
     from pipeline.models.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_gguf")

@@ -282,11 +282,6 @@ def test_trainer_maps_an_oom_at_dispatch(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: an OOM that surfaces when a step's metrics are read "
-    "(jax.device_get in _run's read()) is not passed through _is_oom/_oom_error",
-)
 def test_trainer_maps_an_oom_when_the_metrics_are_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_backend: None
 ) -> None:

@@ -19,7 +19,7 @@ from pipeline.models.tokenizer import GemmaTokenizer, load_tokenizer
 
 @pytest.fixture(scope="session")
 def tokenizer() -> GemmaTokenizer:
-    # The real tokenizer, cached in the default workspace (built once, ~15-30 s).
+    # The real tokenizer, cached in the default workspace (built once, ~1 s).
     return load_tokenizer()
 
 

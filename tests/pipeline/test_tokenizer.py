@@ -1,7 +1,7 @@
 """The Gemma 3 tokenizer rebuilt from GGUF: ids, round trips, loss masks, cache, errors.
 
 The tests marked with the ``tokenizer`` fixture use the real embedded 270M GGUF through the
-default workspace: the first run builds the proto (~15-30 s), later runs load the cache (<1 s).
+default workspace: the first run builds the proto (~1 s), later runs load the cache (<0.1 s).
 The build logic itself is also tested on a tiny synthetic Gemma 3 GGUF (fast).
 """
 
