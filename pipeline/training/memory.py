@@ -22,7 +22,14 @@ head runs):
   ``loss_chunk_size = 0`` computes full logits with plain autodiff, also ~8 bytes per logit;
 - an XLA workspace margin: 64 MiB + 2% of activations and loss head.
 
-Calibration. Our step (``build_train_step``; random Gemma 3 weights, random tokens, bf16,
+Calibration, current step (bf16 logits in the fused loss; bench/results/
+train_throughput.md, H100, jax 0.11.2, 2026-11-22, 1B, S1024, r8 on q, v): B4 chunk 512
+11.19 GiB measured / 11.39 estimated; B4 chunk 256 9.69 / 9.86; B8 chunk 512 20.49 / 20.84;
+B4 chunk 512 remat 5.14 / 5.71 (+11%); rtx3060-12gb (B4, chunk 256, packing, accumulation 4) 9.69
+/ 9.86 (tests/pipeline/test_memory.py pins these).
+
+Earlier calibration, with the loss holding float32 logits (``logit_bytes=8`` reproduces it):
+our step (``build_train_step``; random Gemma 3 weights, random tokens, bf16,
 3 steps, ``peak_bytes_in_use`` with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``), measured on
 one H100 80GB with jax 0.11.2 on 2026-11-22, S1024 and LoRA r8 on q, v unless noted:
 
@@ -82,7 +89,11 @@ CONTEXT_RESERVE = 512 * MiB
 """Card memory that the CUDA context, cuBLAS and cuDNN take outside XLA's accounting."""
 WORKSPACE_FIXED = 64 * MiB
 WORKSPACE_SHARE = 0.02
-FUSED_LOGIT_BYTES = 8.0
+FUSED_LOGIT_BYTES = 6.0
+"""Bytes the fused loss holds per logit of a chunk with bfloat16 compute: bf16 logits plus
+float32 softmax temporaries (measured slope after the loss switched to bf16 logits: 1.5 GiB
+from chunk 256 to 512 at B4). With float32 compute: :data:`FUSED_LOGIT_BYTES_F32`."""
+FUSED_LOGIT_BYTES_F32 = 8.0
 FULL_LOGIT_BYTES = 8.0
 ADVICE_CHUNK = 256
 
@@ -242,7 +253,12 @@ def estimate_memory(
     chunk = min(train.loss_chunk_size, s) if train.loss_chunk_size else s
     per_logit = logit_bytes
     if per_logit is None:
-        per_logit = FUSED_LOGIT_BYTES if train.loss_chunk_size else FULL_LOGIT_BYTES
+        if not train.loss_chunk_size:
+            per_logit = FULL_LOGIT_BYTES
+        elif train.precision == "bfloat16":
+            per_logit = FUSED_LOGIT_BYTES
+        else:
+            per_logit = FUSED_LOGIT_BYTES_F32
     head = int(b * chunk * arch.vocabulary_size * per_logit) + hidden
 
     if train.remat:
