@@ -67,6 +67,13 @@ def _loss_sum(
     return total, jnp.sum(weights)
 
 
+def _remat_mode(train: TrainConfig) -> bool | str:
+    """The ``remat`` argument of the forward for the profile's remat and remat_policy."""
+    if not train.remat:
+        return False
+    return "dots" if train.remat_policy == "dots" else True
+
+
 @dataclass
 class TrainStep:
     """``run(adapter, opt_state, frozen, batch) -> (adapter, opt_state, metrics)`` (jitted,
@@ -115,7 +122,7 @@ def build_train_step(
         "chunk_tokens": chunk_tokens,
         "packed": train.packing,
         "impl": impl,
-        "remat": train.remat if remat is None else remat,
+        "remat": _remat_mode(train) if remat is None else remat,
         "dtype": dtype,
     }
 

@@ -58,6 +58,14 @@ def test_estimate_is_close_to_our_current_step(
     assert 0.99 <= ratio <= 1.05, f"{name}: estimate {est.total / GiB:.2f} GiB vs {measured}"
 
 
+@pytest.mark.parametrize(("chunk", "measured"), [(512, 8.905), (256, 7.405)])
+def test_estimate_with_remat_dots(chunk: int, measured: float) -> None:
+    """remat_policy = "dots" (bench cases a_dots and a_dots_c256)."""
+    train = _train(loss_chunk_size=chunk, remat=True, remat_policy="dots")
+    est = estimate_memory(ARCH_1B, QV8, train, weight_dtype="bfloat16")
+    assert 0.99 <= est.total / GiB / measured <= 1.05, est.total / GiB
+
+
 def test_estimate_with_remat_errs_high_but_not_far() -> None:
     """With remat the estimate is conservative: 5.71 GiB against 5.14 measured (+11%)."""
     est = estimate_memory(
@@ -178,7 +186,9 @@ def test_fits_and_advice() -> None:
         "train.gradient_accumulation_steps = 4 (the same 16 sequences per step)"
     ) in advice
     advice = big.advice(4 * GiB) or ""
-    assert "train.remat = true" in advice and "train.batch_size = 2" in advice
+    assert "train.batch_size = 1" in advice and 'train.remat_policy = "dots"' in advice
+    advice = big.advice(3.5 * GiB) or ""
+    assert "train.remat = true" in advice and "train.batch_size = 1" in advice
     advice = big.advice(2 * GiB) or ""
     assert "The frozen weights alone need 1.86 GiB" in advice
 

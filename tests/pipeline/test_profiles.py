@@ -49,7 +49,8 @@ TARGETS_TUPLE = ("q", "k", "v", "o", "gate", "up", "down")
 TRAIN_KEYS = (
     "batch_size, gradient_accumulation_steps, sequence_length, learning_rate, schedule, "
     "warmup_steps, warmup_ratio, max_steps, epochs, weight_decay, max_grad_norm, eval_every, "
-    "checkpoint_every, seed, precision, packing, train_on_prompt, remat, loss_chunk_size"
+    "checkpoint_every, seed, precision, packing, train_on_prompt, remat, remat_policy, "
+    "loss_chunk_size"
 )
 FLOAT16 = (
     "Gemma 3 activations overflow float16 (they exceed its largest value, 65504) and the loss "
