@@ -24,8 +24,7 @@ import json
 import math
 import os
 import struct
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -39,6 +38,7 @@ from pipeline.models.config import (
     GemmaArch,
     named_arch,
 )
+from pipeline.utils.fileio import atomic_write
 
 Layout = Literal["as_is", "heads_in", "heads_out", "dense"]
 """How a keras variable becomes its HF tensor: ``as_is`` (embedding, norms), ``heads_in``
@@ -472,21 +472,6 @@ _TOKENIZER_CONFIG = {
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync, then rename."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ import numpy as np
 
 from pipeline.errors import ModelSourceError
 from pipeline.events import EventSink, LogLine, StageDone, ignore_event
+from pipeline.utils.fileio import write_bytes_atomic
 from pipeline.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -242,16 +242,7 @@ def tokenizer_cache_path(workspace: Workspace, identity: str) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache file is not a secret
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
 
 
 def load_tokenizer(

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Literal
 
 from pipeline.errors import TrainingError
 from pipeline.events import EvalMetrics, StepMetrics
+from pipeline.utils import fileio
 from pipeline.workspace import Workspace
 
 RUN_JSON = "run.json"
@@ -164,33 +164,9 @@ class RunRecord:
         return dataclasses.replace(self, **changes, updated=now_iso())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, rename."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return fileio.write_text_atomic(path, text, sync_dir=True)
 
 
 def write_run_record(run_dir: str | os.PathLike[str], record: RunRecord) -> Path:
