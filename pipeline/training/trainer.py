@@ -19,7 +19,6 @@ import dataclasses
 import math
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,20 +56,9 @@ class RunResult:
 # --------------------------------------------------------------------------- pytrees <-> npz
 
 
-def flatten_tree(tree: Any) -> dict[str, Any]:
-    """A pytree of arrays as ``{"mu/layers/0/q/a": ndarray, ...}`` (for ``.npz``)."""
-    import jax
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-        out[key] = np.asarray(leaf)
-    return out
-
-
 def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
-    """The inverse of :func:`flatten_tree` given a pytree of the same structure."""
+    """The inverse of :func:`pipeline.training.checkpoint.flatten_arrays` given a pytree of
+    the same structure (every key present, every shape as in ``template``)."""
     import jax
 
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
@@ -353,14 +341,13 @@ def _run(
     state: dict[str, Any],
 ) -> RunResult:
     import jax
-    import numpy as np
 
     from pipeline.models.gemma3_jax import params_from_backbone
     from pipeline.models.loader import load_model
     from pipeline.models.lora import AdapterMeta, init_adapter
     from pipeline.training import optimizer, runs
     from pipeline.training.batches import BatchStream, eval_batches
-    from pipeline.training.checkpoint import save_checkpoint
+    from pipeline.training.checkpoint import flatten_arrays, save_checkpoint
     from pipeline.training.data import prepare_data
     from pipeline.training.step import build_train_step, stack_micro_batches
     from pipeline.utils.gpu import read_memory
@@ -445,7 +432,7 @@ def _run(
         nonlocal saved_step
         started = time.perf_counter()
         host_adapter = jax.device_get(adapter)
-        host_opt = flatten_tree(jax.device_get(opt_state))
+        host_opt = flatten_arrays(jax.device_get(opt_state))
         extra = {
             "step": step,
             "total_steps": total,
@@ -605,10 +592,5 @@ def _run(
         evaluate(step)
     if status == "finished" or (step > start and step != saved_step):
         snapshot(step)
-    _ = np  # numpy is imported for jax.device_get's host arrays
     logger.log(f"run {status} at step {step} of {total}")
     return RunResult(rdir, status, step, total, last_loss, best_eval, message)
-
-
-__all__: list[str] = ["RunResult", "flatten_tree", "total_steps_for", "train", "unflatten_like"]
-_Callable = Callable
