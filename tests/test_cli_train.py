@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from pipeline.events import (
 )
 from pipeline.training.runs import RunRecord, write_run_record
 from tests.conftest import REPO
+from tests.tiny_run import tiny_profile_toml, write_chat_jsonl
 
 GiB = 1024**3
 
@@ -54,18 +54,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "chat.jsonl"
-    rows = [
-        {
-            "conversations": [
-                {"from": "human", "value": f"What is {i} plus {i}?"},
-                {"from": "gpt", "value": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(40)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_chat_jsonl(tmp_path / "chat.jsonl")
 
 
 def _started(run_dir: str = "/ws/runs/x", start: int = 0) -> RunStarted:
@@ -342,28 +331,14 @@ def test_help_imports_no_model_stack() -> None:
 
 # --------------------------------------------------------------------------- a real run
 
-TINY_PROFILE = textwrap.dedent(
-    """
-    name = "tiny-smoke"
-    [model]
-    source = "tiny"
-    dtype = "float32"
-    [lora]
-    rank = 4
-    targets = ["q", "v"]
-    [train]
-    batch_size = 2
-    sequence_length = 64
-    learning_rate = 1e-3
-    warmup_steps = 1
-    max_steps = 4
-    eval_every = 2
-    checkpoint_every = 2
-    precision = "float32"
-    loss_chunk_size = 32
-    [data]
-    eval_fraction = 0.1
-    """
+TINY_PROFILE = tiny_profile_toml(
+    "tiny-smoke",
+    learning_rate=1e-3,
+    warmup_steps=1,
+    max_steps=4,
+    eval_every=2,
+    checkpoint_every=2,
+    eval_fraction=0.1,
 )
 
 

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from gemma_tui.cli_train import EXIT_STOPPED
 from tests.conftest import REPO
+from tests.tiny_run import tiny_profile_toml, write_chat_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -34,29 +34,17 @@ START_TIMEOUT = 240.0
 STOP_TIMEOUT = 60.0
 """Seconds for a process to stop after SIGINT (one step, a checkpoint, interpreter exit)."""
 
-PROFILE = textwrap.dedent(
-    """
-    name = "{name}"
-    [model]
-    source = "tiny"
-    dtype = "float32"
-    [lora]
-    rank = 4
-    targets = ["q", "v"]
-    [train]
-    batch_size = 2
-    sequence_length = 64
-    learning_rate = 1e-3
-    warmup_steps = 1
-    max_steps = 100000
-    eval_every = 0
-    checkpoint_every = 0
-    precision = "float32"
-    loss_chunk_size = 32
-    [data]
-    eval_fraction = 0.1
-    """
-)
+
+def profile_toml(name: str) -> str:
+    return tiny_profile_toml(
+        name,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        max_steps=100000,
+        eval_every=0,
+        checkpoint_every=0,
+        eval_fraction=0.1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +54,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("signals-data") / "chat.jsonl"
-    rows = [
-        {
-            "conversations": [
-                {"from": "human", "value": f"What is {i} plus {i}?"},
-                {"from": "gpt", "value": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(40)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_chat_jsonl(tmp_path_factory.mktemp("signals-data") / "chat.jsonl")
 
 
 class Train:
@@ -158,7 +135,7 @@ def start_run(
 ) -> tuple[Train, Path]:
     """Start a fresh run and wait until metrics.jsonl holds two train rows."""
     profile = tmp_path / f"{name}.toml"
-    profile.write_text(PROFILE.format(name=name))
+    profile.write_text(profile_toml(name))
     args = ["--profile", str(profile), "--data", str(data_file)]
     train = Train(args, workspace, tmp_path / "1.err")
     processes.append(train)

@@ -26,6 +26,7 @@ from pipeline.profiles import load_profile
 from pipeline.profiles.schema import Profile
 from pipeline.training.trainer import _is_oom, _oom_error
 from tests.conftest import REPO
+from tests.tiny_run import tiny_profile_toml
 
 GiB = 1024**3
 HUGE = 2**40
@@ -186,24 +187,7 @@ def test_oom_error_gives_the_estimates_advice_under_a_memory_limit(
 
 # --------------------------------------------------------------------------- in the trainer
 
-TINY_PROFILE = textwrap.dedent(
-    """
-    name = "tiny-oom"
-    [model]
-    source = "tiny"
-    dtype = "float32"
-    [lora]
-    rank = 4
-    targets = ["q", "v"]
-    [train]
-    batch_size = 2
-    sequence_length = 64
-    max_steps = 4
-    checkpoint_every = 0
-    precision = "float32"
-    loss_chunk_size = 32
-    """
-)
+TINY_PROFILE = tiny_profile_toml("tiny-oom", max_steps=4, checkpoint_every=0)
 
 
 @pytest.fixture
