@@ -26,6 +26,8 @@ from gemma_tui.screens.dataset import DatasetScreen
 from gemma_tui.screens.help import HelpScreen, HelpSection, describe_bindings
 from gemma_tui.screens.job_screen import JobScreen
 from gemma_tui.screens.modals import ConfirmModal
+from gemma_tui.screens.runs import RunsScreen
+from gemma_tui.screens.train import TrainScreen
 
 if TYPE_CHECKING:
     from textual.screen import Screen
@@ -43,7 +45,8 @@ class Mode:
 
 MODES: tuple[Mode, ...] = (
     Mode("dataset", "Dataset", "1", lambda app: DatasetScreen(app.initial_source)),
-    # Mode("train", "Train", "2", ...), Mode("runs", "Runs", "3", ...),
+    Mode("train", "Train", "2", lambda app: TrainScreen()),
+    Mode("runs", "Runs", "3", lambda app: RunsScreen()),
     # Mode("export", "Export", "4", ...), Mode("chat", "Chat", "5", ...)
 )
 
@@ -162,6 +165,13 @@ class GemmaTuiApp(App[None]):
         """Run ``action`` on the Dataset screen (switching to it first)."""
         await self.switch_mode("dataset")
         await self.run_action(action, self.screen)
+
+    async def resume_run_here(self, run_dir: Path) -> None:
+        """Resume the stopped run in ``run_dir`` in this process, on the Train screen."""
+        await self.switch_mode("train")
+        screen = self.screen
+        if isinstance(screen, TrainScreen):
+            screen.resume_run(run_dir)
 
     def help_sections(self) -> list[HelpSection]:
         global_keys = describe_bindings(self, self.BINDINGS)
