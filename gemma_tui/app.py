@@ -197,7 +197,34 @@ class GemmaTuiApp(App[None]):
                 return True
         return False
 
+    def _training_screen(self) -> TrainScreen | None:
+        """The Train screen while it trains in this process."""
+        try:
+            stack = self.get_screen_stack("train")
+        except KeyError:
+            return None
+        return next((s for s in stack if isinstance(s, TrainScreen) and s.busy), None)
+
     async def action_quit(self) -> None:
+        training = self._training_screen()
+        if training is not None:
+
+            def stop_and_quit(yes: bool | None) -> None:
+                if yes:
+                    training.stop_run(then_quit=True)
+                    self.notify("Stopping after this step, then quitting…", timeout=30)
+
+            self.push_screen(
+                ConfirmModal(
+                    "Training runs in this process",
+                    "Quitting stops it after the current step, with a checkpoint (resume it "
+                    "later from the Runs screen). A detached run (F6) keeps going instead.",
+                    yes="Stop and quit",
+                    no="Stay",
+                ),
+                stop_and_quit,
+            )
+            return
         if not self._busy():
             self.exit()
             return
