@@ -1,13 +1,18 @@
-"""`gemma-tui train` and `gemma-tui runs`: the training job headless, and the runs list.
+"""`gemma-tui train`, `gemma-tui runs` and `gemma-tui stop`: the training job headless, the
+runs list, and stopping a run from another terminal.
 
 ``train`` prints the memory estimate, then runs :func:`pipeline.training.trainer.train`
 with a printer of its events (a rich progress bar on a terminal, a plain line every few
 seconds otherwise) and a stop flag: the first Ctrl+C asks the run to stop after the current
-step and save a checkpoint, a second one aborts at once.
+step and save a checkpoint, a second one aborts at once. ``train --detach`` starts the same
+command in the background instead (:func:`gemma_tui.detach.launch_detached`) and returns.
+``stop RUN`` writes a stop request for a running run (the run saves a checkpoint after its
+current step and ends "stopped").
 
-Exit codes: 0 finished; 1 the run failed (non-finite loss, out of memory, a failed
-checkpoint write); 2 usage or environment errors found before the run started (bad
-arguments, a missing data file, a bad profile); 130 stopped by Ctrl+C.
+Exit codes: 0 finished (or started, with --detach); 1 the run failed (non-finite loss, out of
+memory, a failed checkpoint write), or ``stop`` found no running run; 2 usage or environment
+errors found before the run started (bad arguments, a missing data file, a bad profile);
+130 stopped by Ctrl+C.
 
 Nothing heavy is imported at module level (jax and keras load inside the trainer).
 """
@@ -15,8 +20,8 @@ Nothing heavy is imported at module level (jax and keras load inside the trainer
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import shlex
 import signal
 import threading
 import time
@@ -292,17 +297,6 @@ class StopOnInterrupt:
 # --------------------------------------------------------------------------- train
 
 
-def _apply_max_steps(profile: Profile, steps: int) -> Profile:
-    train = profile.train
-    warmup = train.warmup_steps
-    if warmup is not None and warmup >= steps:
-        warmup = steps - 1
-    return dataclasses.replace(
-        profile,
-        train=dataclasses.replace(train, max_steps=steps, epochs=None, warmup_steps=warmup),
-    )
-
-
 def _memory_lines(profile: Profile, source: str) -> tuple[list[str], str | None]:
     """The estimate's lines and, when a GPU is found and it does not fit, the advice."""
     from pipeline.training.memory import estimate_for_profile, guess_arch
@@ -361,6 +355,7 @@ def _summary(result: Any, printer: TrainPrinter) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from gemma_tui.detach import apply_max_steps
     from pipeline.errors import JobCancelled, PipelineError
     from pipeline.profiles import load_profile
 
@@ -369,6 +364,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TrainUsageError(f"--max-steps must be at least 1, got {args.max_steps}.")
     if args.resume and args.run_dir:
         raise TrainUsageError("--resume continues a run in its own folder; leave --run-dir out.")
+    if args.detach and args.run_dir:
+        raise TrainUsageError(
+            "--detach makes the run's folder in the workspace; leave --run-dir out."
+        )
     if args.resume and args.max_steps is not None:
         raise TrainUsageError(
             "--resume continues a run to the length it was started with; leave --max-steps out "
@@ -382,8 +381,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         profile = load_profile(resolve_run(args.resume) / "profile.toml")
     else:
         profile = load_profile(args.profile)
+    loaded = profile
     if args.max_steps is not None:
-        profile = _apply_max_steps(profile, args.max_steps)
+        profile = apply_max_steps(profile, args.max_steps)
     if args.data is None and profile.data.train_path is None and not args.resume:
         raise TrainUsageError(
             f"--data FILE is required: profile {profile.name} has no data.train_path."
@@ -397,6 +397,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         err.print(f"[dim]{line}[/]", highlight=False)
     if advice:
         err.print(f"[yellow]{advice}[/]", highlight=False)
+
+    if args.detach:
+        return _detach(args, None if args.resume else loaded)
 
     from pipeline.training.trainer import train
 
@@ -437,6 +440,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     if status == "stopped":
         return EXIT_STOPPED
     return EXIT_FAILED
+
+
+def _detach(args: argparse.Namespace, profile: Profile | None) -> int:
+    """``train --detach``: start the run in the background, say where it is and how to follow
+    and stop it."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from gemma_tui.detach import launch_detached
+
+    run = launch_detached(
+        profile=profile,
+        data=args.data,
+        model=args.model,
+        resume=args.resume,
+        max_steps=None if args.resume else args.max_steps,
+    )
+    name = run.run_dir.name
+    out = Console(soft_wrap=True)
+    what = "Resumed" if args.resume else "Started"
+    out.print(
+        f"[bold]{what}[/] run [bold]{escape(name)}[/] in the background (pid {run.pid}).\n"
+        f"  folder:  {escape(str(run.run_dir))}\n"
+        f"  output:  {escape(str(run.console_log))}\n"
+        "It keeps running when this terminal or the SSH session closes. Follow it with\n"
+        "  gemma-tui runs\n"
+        f"  tail -f {escape(shlex.quote(str(run.run_dir / 'log.txt')))}\n"
+        "  or the TUI's Runs screen (key 3).\n"
+        f"Stop it (a checkpoint is saved) with: gemma-tui stop {escape(name)}\n"
+        f"Continue a stopped run with: gemma-tui train --resume {escape(name)} --detach",
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- stop
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Write a stop request for a running run; with --wait, wait until it has ended."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from pipeline.training import runs
+
+    if args.timeout is not None and args.timeout <= 0:
+        raise TrainUsageError(f"--timeout must be positive, got {args.timeout:g}.")
+    out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    rdir = runs.resolve_run(args.run)
+    name = escape(rdir.name)
+    summary = runs.summarize_run(rdir)
+    if not summary.status.startswith("running"):
+        err.print(
+            f"[yellow]Run {name} is not running[/] (status: {escape(summary.status)}); "
+            "there is nothing to stop.",
+            highlight=False,
+        )
+        if summary.status.startswith("stopped"):
+            err.print(f"Continue it with: gemma-tui train --resume {name} --detach")
+        return EXIT_FAILED
+    runs.request_stop(rdir, reason=args.reason)
+    after = runs.summarize_run(rdir)
+    if not after.status.startswith("running"):  # it ended meanwhile: leave no stale request
+        runs.clear_stop_request(rdir)
+        err.print(
+            f"[yellow]Run {name} ended before the request reached it[/] "
+            f"(status: {escape(after.status)}).",
+            highlight=False,
+        )
+        return EXIT_FAILED
+    who = f"process {summary.pid}" + (f" on {escape(summary.host)}" if summary.host else "")
+    out.print(
+        f"Asked run {name} ({who}) to stop: it saves a checkpoint after the current step.",
+        highlight=False,
+    )
+    if not args.wait:
+        out.print(f"Check with: gemma-tui runs  (or gemma-tui stop {name} --wait)")
+        return EXIT_OK
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while after.status.startswith("running"):
+        if deadline is not None and time.monotonic() > deadline:
+            err.print(
+                f"[yellow]Run {name} is still running after {args.timeout:g} s[/] "
+                "(the stop request stays; it stops after its current step).",
+                highlight=False,
+            )
+            return EXIT_FAILED
+        time.sleep(0.2)
+        after = runs.summarize_run(rdir)
+    colour = {"finished": "green", "stopped": "yellow"}.get(after.status, "red")
+    steps = f" at step {after.step}/{after.total_steps}" if after.total_steps else ""
+    line = f"Run {name}: [bold {colour}]{escape(after.status)}[/]{steps}"
+    if after.error and after.status != "finished":
+        line += f"\n{escape(after.error)}"
+    out.print(line, highlight=False)
+    if after.status == "stopped":
+        out.print(f"Continue with: gemma-tui train --resume {name} --detach", highlight=False)
+    return EXIT_OK if after.status in ("stopped", "finished") else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- runs
@@ -487,13 +588,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: Any) -> None:
-    """Add ``train`` and ``runs`` to the top-level subparsers."""
+    """Add ``train``, ``runs`` and ``stop`` to the top-level subparsers."""
     p = commands.add_parser(
         "train",
-        help="fine-tune with LoRA: progress, evals and checkpoints on the terminal",
+        help="fine-tune with LoRA: progress, evals and checkpoints on the terminal "
+        "(or in the background with --detach)",
         description="Fine-tune a Gemma 3 model with LoRA. Ctrl+C stops after the current step "
-        "and saves a checkpoint (a second Ctrl+C aborts). Exit codes: 0 finished, 1 failed, "
-        "2 usage or environment error, 130 stopped.",
+        "and saves a checkpoint (a second Ctrl+C aborts). With --detach the run goes on in "
+        "the background, also after this terminal or the SSH session closes: follow it with "
+        "`gemma-tui runs` or the TUI's Runs screen, stop it with `gemma-tui stop RUN`. "
+        "Exit codes: 0 finished (with --detach: started), 1 failed, 2 usage or environment "
+        "error, 130 stopped.",
     )
     p.add_argument(
         "--profile",
@@ -530,6 +635,13 @@ def add_commands(commands: Any) -> None:
         metavar="DIR",
         help="write the run here (default: <workspace>/runs/<profile>-<date>-<time>/)",
     )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background, in a session of its own (it survives the terminal and "
+        "the SSH session closing), output in <run>/console.txt; prints the run folder and pid "
+        "and returns; also with --resume",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser(
@@ -540,3 +652,32 @@ def add_commands(commands: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.set_defaults(func=cmd_runs)
+
+    p = commands.add_parser(
+        "stop",
+        help="ask a running run (e.g. a detached one) to stop after its current step",
+        description="Ask a running training run to stop: it finishes its current step, saves "
+        "a checkpoint and ends with status 'stopped' (continue it with `gemma-tui train "
+        "--resume RUN`). Works for any run: detached, in another terminal, or in the TUI. "
+        "Exit codes: 0 asked (with --wait: it stopped or finished), 1 the run is not running "
+        "(or it failed, or --timeout passed), 2 no such run.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run's name (gemma-tui runs) or its folder")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the run has ended and print its final status",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="with --wait: give up after S seconds (exit 1; the request stays)",
+    )
+    p.add_argument(
+        "--reason",
+        default="gemma-tui stop",
+        metavar="TEXT",
+        help="recorded in the request and in the run's final message",
+    )
+    p.set_defaults(func=cmd_stop)

@@ -5,7 +5,9 @@ docs/training-api.md for the files in it). ``run.json`` is the run's state, rewr
 atomically on every change; ``metrics.jsonl`` is its history, one JSON object per line,
 appended and flushed line by line, so that another process (the TUI attaching to a run
 started by the CLI) can follow it. ``run.lock`` holds an exclusive ``flock`` while a process
-writes the run, so two processes never write the same run.
+writes the run, so two processes never write the same run. ``stop.request`` asks the process
+that writes a run to stop (after the current step, with a checkpoint): any process may write
+it (``gemma-tui stop``, the TUI), the trainer looks for it and removes it when its run ends.
 
 Nothing heavy is imported here.
 """
@@ -37,6 +39,9 @@ METRICS_JSONL = "metrics.jsonl"
 LOCK_FILE = "run.lock"
 PROFILE_TOML = "profile.toml"
 LOG_TXT = "log.txt"
+STOP_FILE = "stop.request"
+CONSOLE_TXT = "console.txt"
+"""A detached run's stdout and stderr (gemma_tui.detach), appended."""
 
 RunStatus = Literal["running", "finished", "stopped", "failed"]
 GONE = "stopped (process gone)"
@@ -316,8 +321,9 @@ class RunLock:
             os.close(fd)
             raise TrainingError(
                 f"Run {self.path.parent} is in use by {_read_owner(self.path)}.",
-                hint="Wait for that run to end, or stop it first (Ctrl+C in its terminal); "
-                "two processes never write the same run.",
+                hint="Wait for that run to end, or stop it first (Ctrl+C in its terminal, or "
+                f"`gemma-tui stop {self.path.parent.name}`); two processes never write the same "
+                "run.",
             )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
@@ -382,6 +388,93 @@ def is_locked(run_dir: str | os.PathLike[str]) -> bool:
         os.close(fd)
 
 
+def lock_owner(run_dir: str | os.PathLike[str]) -> str:
+    """Who holds (or last held) the run's lock, as "process 123 on host"."""
+    return _read_owner(Path(run_dir) / LOCK_FILE)
+
+
+# --------------------------------------------------------------------------- stop requests
+
+
+def request_stop(run_dir: str | os.PathLike[str], *, reason: str = "") -> Path:
+    """Ask the process that writes the run to stop after its current step (it saves a
+    checkpoint and ends with status "stopped"). Writes ``<run>/stop.request`` atomically: who
+    asked (pid, host, time, reason) and which process the run's ``run.json`` named then
+    (``run_pid``, ``run_host``). Returns its path.
+
+    The trainer checks for the file a few times a second, also while it loads the model and
+    prepares the data, and removes it when the run ends. A request left behind (its run had
+    ended, or crashed) is removed when the run is next started, unless it names the very
+    process that starts it (a detached run asked to stop while it was still starting).
+
+    Raises:
+        TrainingError: the file cannot be written (no such run folder, read-only, ...).
+    """
+    folder = Path(run_dir)
+    try:
+        target = read_run_record(folder)
+        run_pid: int | None = target.pid if target.status == "running" else None
+        run_host: str | None = target.host if target.status == "running" else None
+    except TrainingError:
+        run_pid = run_host = None
+    payload = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "time": now_iso(),
+        "reason": reason,
+        "run_pid": run_pid,
+        "run_host": run_host,
+    }
+    path = folder / STOP_FILE
+    try:
+        return write_text_atomic(path, json.dumps(payload, ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise TrainingError(
+            f"Cannot write the stop request {path}: {error.strerror or error}.",
+            hint="Check that the run folder exists and is writable.",
+        ) from error
+
+
+def stop_requested(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether the run has a stop request (one ``stat``)."""
+    return os.path.exists(os.path.join(run_dir, STOP_FILE))
+
+
+def read_stop_request(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The stop request's content (see :func:`request_stop`); None when there is none. A
+    damaged file reads as ``{}`` (it still asks the run to stop)."""
+    path = Path(run_dir) / STOP_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def clear_stop_request(run_dir: str | os.PathLike[str]) -> None:
+    """Remove the run's stop request, if any."""
+    (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+
+
+def describe_stop_request(request: Mapping[str, Any] | None) -> str:
+    """Who asked, for messages: "process 123 on host at 2026-...: reason"."""
+    if not request:
+        return "a stop request"
+    who = f"process {request['pid']}" if request.get("pid") else "another process"
+    if request.get("host"):
+        who += f" on {request['host']}"
+    if request.get("time"):
+        who += f" at {request['time']}"
+    reason = str(request.get("reason") or "").strip()
+    return f"a stop request from {who}" + (f" ({reason})" if reason else "")
+
+
 # --------------------------------------------------------------------------- listing
 
 
@@ -405,6 +498,13 @@ class RunSummary:
     profile: str = ""
     model: str = ""
     error: str | None = None
+    pid: int = 0
+    """The process run.json names (the one writing the run while it runs); 0 when unknown."""
+    host: str = ""
+    data: str = ""
+    """The training data file(s) as given."""
+    stop_requested: bool = False
+    """A stop request is waiting for the run (see :func:`request_stop`)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -481,6 +581,10 @@ def summarize_run(run_dir: Path) -> RunSummary:
         profile=record.profile,
         model=record.model,
         error=record.error,
+        pid=record.pid,
+        host=record.host,
+        data=record.data,
+        stop_requested=stop_requested(run_dir),
     )
 
 

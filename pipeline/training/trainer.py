@@ -5,7 +5,10 @@ everything a run needs to be explained and resumed into its run directory (layou
 docs/training-api.md): ``run.json``, ``profile.toml``, ``metrics.jsonl``, ``log.txt`` and
 atomic checkpoints. The caller gets events (:mod:`pipeline.events`) and can stop the run
 with ``should_stop`` (checked before every step: the run saves a checkpoint and returns
-status "stopped").
+status "stopped"). Any other process can stop it the same way with a stop request file
+(:func:`pipeline.training.runs.request_stop`; looked for at most every 0.2 s, also while the
+model loads and the data is prepared); the run removes the file when it ends, and a stale one
+when it starts.
 
 Faults: a non-finite loss stops the run (the step that produced it changed nothing, and no
 checkpoint is written over the last good one); an XLA out-of-memory becomes
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -144,6 +148,81 @@ class _Logger:
             self.fh.close()
 
 
+class _Stop:
+    """The run's stop check: the caller's ``should_stop``, or a stop request file in the run
+    folder (:func:`pipeline.training.runs.request_stop`), looked for at most every
+    ``every_s`` seconds (one ``stat``), so the step loop does not slow down."""
+
+    def __init__(self, should_stop: StopCheck, rdir: Path, every_s: float = 0.2) -> None:
+        self.should_stop = should_stop
+        self.rdir = rdir
+        self.every_s = every_s
+        self.request: dict[str, Any] | None = None
+        """The stop request seen (its content; {} for a damaged file); None before."""
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self.should_stop() or self.request is not None:
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.every_s
+        from pipeline.training import runs
+
+        if runs.stop_requested(self.rdir):
+            request = runs.read_stop_request(self.rdir)
+            if request is not None:  # None: removed since the stat
+                self.request = request
+                return True
+        return False
+
+    def message(self, when: str) -> str:
+        """The run's message: ``stopped <when> by a stop request from process 123 on
+        host ...``, or for the caller's should_stop ``stopped by request <when>``."""
+        if self.request is None:
+            return f"stopped by request {when}"
+        from pipeline.training import runs
+
+        return f"stopped {when} by {runs.describe_stop_request(self.request)}"
+
+
+def _process_started() -> float | None:
+    """This process's start time (seconds since the epoch), when psutil can tell."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return None
+
+
+def _clear_stale_stop_request(rdir: Path, logger: _Logger) -> None:
+    """Remove a stop request left from before this run started (its run had ended or
+    crashed). One that names this very process as the run's writer, made since this process
+    started, is kept: a detached run asked to stop while it was still starting up."""
+    from pipeline.training import runs
+
+    request = runs.read_stop_request(rdir)
+    if request is None:
+        return
+    started = _process_started()
+    try:
+        made = (rdir / runs.STOP_FILE).stat().st_mtime
+    except OSError:
+        return
+    mine = (
+        request.get("run_pid") == os.getpid()
+        and request.get("run_host") == socket.gethostname()
+        and (started is None or made >= started - 1.0)
+    )
+    if mine:
+        logger.log(f"Stop requested while starting: {runs.describe_stop_request(request)}")
+        return
+    runs.clear_stop_request(rdir)
+    logger.log(f"Removed a stale stop request ({runs.describe_stop_request(request)})")
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -172,6 +251,8 @@ def train(
     ckpt = None
     if resume is not None:
         rdir = runs.resolve_run(resume, ws)
+        if runs.is_locked(rdir):  # say so before anything else (it may have no checkpoint yet)
+            runs.RunLock(rdir).acquire().release()  # raises, naming the owner
         profile, ckpt = _load_resume_point(rdir, on_event)
         record = runs.read_run_record(rdir)
         data = data or record.data
@@ -241,28 +322,52 @@ def _train_locked(
     on_event: EventSink,
     should_stop: StopCheck,
 ) -> RunResult:
-    from pipeline.profiles.io import save_profile
     from pipeline.training import runs
 
     rdir.mkdir(parents=True, exist_ok=True)
     logger = _Logger(on_event, rdir / "log.txt")
-    record = runs.read_run_record(rdir) if (rdir / "run.json").is_file() else None
-    if record is None:
+    try:
+        return _train_recorded(profile, rdir, ckpt, data, ws, logger, should_stop)
+    finally:
+        # The run has ended: a stop request is answered (or too late to matter).
+        runs.clear_stop_request(rdir)
+        logger.close()
+
+
+def _train_recorded(
+    profile: Profile,
+    rdir: Path,
+    ckpt: Any,
+    data: str,
+    ws: Workspace,
+    logger: _Logger,
+    should_stop: StopCheck,
+) -> RunResult:
+    from pipeline.profiles.io import save_profile
+    from pipeline.training import runs
+
+    _clear_stale_stop_request(rdir, logger)
+    stop = _Stop(should_stop, rdir)
+    existing = runs.read_run_record(rdir) if (rdir / "run.json").is_file() else None
+    if ckpt is None or existing is None:
+        # A new run (a run.json there already is the placeholder a detached launch wrote,
+        # or an old run's record in a reused --run-dir: either way this run starts afresh).
         record = runs.RunRecord(
             status="running",
             profile=profile.name,
             model=profile.model.source,
             data=data,
+            total_steps=profile.train.max_steps or 0,  # set once the data is counted
         )
         save_profile(profile, rdir / "profile.toml")
     else:
-        record = record.updated_now(
+        record = existing.updated_now(
             status="running", pid=_pid(), host=socket.gethostname(), error=None
         )
     runs.write_run_record(rdir, record)
     state: dict[str, Any] = {"record": record}
     try:
-        result = _run(profile, rdir, ckpt, data, ws, logger, should_stop, state)
+        result = _run(profile, rdir, ckpt, data, ws, logger, stop, state)
     except KeyboardInterrupt:
         at = state["record"].step
         result = RunResult(
@@ -272,21 +377,23 @@ def _train_locked(
     except JobCancelled:
         result = RunResult(
             rdir, "stopped", state["record"].step, state["record"].total_steps, None, None,
-            "stopped before the first step",
+            stop.message("before the first step") if stop.request is not None
+            else "stopped before the first step",
         )  # fmt: skip
     except PipelineError as exc:
+        runs.clear_stop_request(rdir)
         runs.write_run_record(rdir, state["record"].updated_now(status="failed", error=str(exc)))
         logger.log(str(exc), "error")
         logger(RunFinished("failed", state["record"].step, str(rdir), str(exc)))
-        logger.close()
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
+        runs.clear_stop_request(rdir)
         runs.write_run_record(rdir, state["record"].updated_now(status="failed", error=message))
         logger.log(message, "error")
         logger(RunFinished("failed", state["record"].step, str(rdir), message))
-        logger.close()
         raise
+    runs.clear_stop_request(rdir)
     runs.write_run_record(
         rdir,
         state["record"].updated_now(
@@ -306,7 +413,6 @@ def _train_locked(
             best_eval_loss=result.best_eval_loss,
         )
     )
-    logger.close()
     return result
 
 
@@ -325,8 +431,6 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()
 
 
@@ -337,7 +441,7 @@ def _run(
     data: str,
     ws: Workspace,
     logger: _Logger,
-    should_stop: StopCheck,
+    should_stop: _Stop,
     state: dict[str, Any],
 ) -> RunResult:
     import jax
@@ -548,7 +652,8 @@ def _run(
     try:
         while step < total:
             if should_stop():
-                status, message = "stopped", f"stopped by request at step {step}"
+                status, message = "stopped", should_stop.message(f"at step {step}")
+                logger.log(message)
                 break
             batch = stack_micro_batches(
                 [stream.next_batch() for _ in range(t.gradient_accumulation_steps)]

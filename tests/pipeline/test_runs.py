@@ -17,16 +17,23 @@ from pipeline.errors import TrainingError
 from pipeline.events import EvalMetrics, StepMetrics
 from pipeline.training.runs import (
     GONE,
+    STOP_FILE,
     MetricsTail,
     MetricsWriter,
     RunLock,
     RunRecord,
+    clear_stop_request,
+    describe_stop_request,
     is_locked,
     list_runs,
     new_run_dir,
     read_metrics,
     read_run_record,
+    read_stop_request,
+    request_stop,
     resolve_run,
+    stop_requested,
+    summarize_run,
     write_run_record,
 )
 from pipeline.workspace import Workspace
@@ -188,3 +195,48 @@ def test_resolve_run(tmp_path: Path) -> None:
     with pytest.raises(TrainingError) as exc:
         resolve_run("nope", ws)
     assert "cpu-smoke-20260101-000000" in (exc.value.hint or "")
+
+
+def test_stop_requests(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert STOP_FILE == "stop.request"
+    assert not stop_requested(run) and read_stop_request(run) is None
+    clear_stop_request(run)  # none there: nothing happens
+
+    # A run that is not running (no run.json): the request names no writer.
+    path = request_stop(run, reason="user asked")
+    assert path == run / STOP_FILE and stop_requested(run) and stop_requested(str(run))
+    assert sorted(p.name for p in run.iterdir()) == [STOP_FILE]  # written atomically
+    request = read_stop_request(run)
+    assert request is not None
+    assert request["pid"] == os.getpid() and request["host"] == socket.gethostname()
+    assert request["reason"] == "user asked" and request["run_pid"] is None
+    assert datetime.fromisoformat(request["time"]).tzinfo is not None
+    assert describe_stop_request(request) == (
+        f"a stop request from process {os.getpid()} on {socket.gethostname()} at "
+        f"{request['time']} (user asked)"
+    )
+    clear_stop_request(run)
+    assert not stop_requested(run) and read_stop_request(run) is None
+
+    # A running run: the request names the process run.json names, and the runs list shows it.
+    write_run_record(run, RunRecord(status="running", pid=os.getpid(), total_steps=8))
+    request_stop(run)
+    request = read_stop_request(run)
+    assert request is not None and request["reason"] == ""
+    assert request["run_pid"] == os.getpid() and request["run_host"] == socket.gethostname()
+    summary = summarize_run(run)
+    assert summary.status == "running" and summary.stop_requested
+    assert summary.pid == os.getpid() and summary.host == socket.gethostname()
+    request_stop(run, reason="again")  # a second request replaces the first
+    assert (read_stop_request(run) or {})["reason"] == "again"
+
+    (run / STOP_FILE).write_text("{not json")  # damaged: still a request
+    assert stop_requested(run) and read_stop_request(run) == {}
+    assert describe_stop_request({}) == "a stop request"
+    clear_stop_request(run)
+    assert not summarize_run(run).stop_requested
+
+    with pytest.raises(TrainingError, match="Cannot write the stop request"):
+        request_stop(tmp_path / "no-such-run")
