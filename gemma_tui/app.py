@@ -101,6 +101,30 @@ PALETTE_COMMANDS: tuple[PaletteCommand, ...] = (
         "dataset_command('previous_error')",
     ),
     PaletteCommand("Cancel job", "Stop the running job", "dataset_command('cancel_job')"),
+    PaletteCommand("Show runs", "Every run in the workspace (key 3)", "runs_command('refresh')"),
+    PaletteCommand(
+        "Open run",
+        "Curves, checkpoints, profile and log of the selected run; follows it live",
+        "runs_command('open')",
+    ),
+    PaletteCommand(
+        "Compare marked runs",
+        "The loss curves of the runs marked with space, on one plot",
+        "runs_command('compare')",
+    ),
+    PaletteCommand(
+        "Resume run",
+        "Continue the selected stopped run from its last checkpoint, here or detached",
+        "runs_command('resume')",
+    ),
+    PaletteCommand(
+        "Stop run",
+        "Ask the selected running run to stop after its current step",
+        "runs_command('stop')",
+    ),
+    PaletteCommand(
+        "Delete run", "Delete the selected run's folder (asks first)", "runs_command('delete')"
+    ),
     PaletteCommand("Help", "Show every key", "help"),
     PaletteCommand("Quit", "Quit gemma-tui (asks first while a job runs)", "quit"),
 )
@@ -166,6 +190,11 @@ class GemmaTuiApp(App[None]):
         await self.switch_mode("dataset")
         await self.run_action(action, self.screen)
 
+    async def action_runs_command(self, action: str) -> None:
+        """Run ``action`` on the Runs screen (switching to it first)."""
+        await self.switch_mode("runs")
+        await self.run_action(action, self.screen)
+
     async def resume_run_here(self, run_dir: Path) -> None:
         """Resume the stopped run in ``run_dir`` in this process, on the Train screen."""
         await self.switch_mode("train")
@@ -178,8 +207,11 @@ class GemmaTuiApp(App[None]):
         global_keys.append(("^p", "Command palette: every action by name"))
         sections: list[HelpSection] = [("Global", global_keys)]
         for screen in self.screen_stack:
-            if isinstance(screen, JobScreen):
-                sections.extend(screen.help_sections())
+            sections_of: Callable[[], list[HelpSection]] | None = getattr(
+                screen, "help_sections", None
+            )
+            if callable(sections_of):
+                sections.extend(sections_of())
         return sections
 
     def action_help(self) -> None:

@@ -12,9 +12,10 @@ since its last post and posts at most every ``interval_seconds``:
 * every other event (log lines, and later plot points) is appended to a batch and posted, in
   order and complete, as :class:`~gemma_tui.messages.JobEventsBatched`.
 
-:meth:`EventBridge.close` flushes what is left; the worker calls it when the job ends, so
-nothing is lost. The bridge only calls ``post`` (``MessagePump.post_message``, which is
-thread-safe): it never touches a widget.
+What waits is posted when the interval is up even if no new event comes (a timer thread),
+so the last step before a long eval shows at once. :meth:`EventBridge.close` flushes what is
+left; the worker calls it when the job ends, so nothing is lost. The bridge only calls
+``post`` (``MessagePump.post_message``, which is thread-safe): it never touches a widget.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class EventBridge:
         job_id: Stamped on every message so stale jobs can be ignored.
         interval_seconds: The least time between two posts (milestones excepted).
         clock: A monotonic clock in seconds; tests pass a fake one.
+        flush_later: Post what is pending once the interval is up even when no new event
+            comes (a timer thread); tests with a fake clock turn it off.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class EventBridge:
         *,
         interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        flush_later: bool = True,
     ) -> None:
         self._post = post
         self.job_id = job_id
@@ -58,6 +62,8 @@ class EventBridge:
         self._progress: Progress | None = None
         self._batch: list[Event] = []
         self._last_post: float | None = None
+        self._timer: threading.Timer | None = None
+        self.flush_later = flush_later
         self.posts = 0
         """How many messages this bridge has posted (for tests and benchmarks)."""
 
@@ -74,15 +80,31 @@ class EventBridge:
             now = self._clock()
             if self._last_post is None or now - self._last_post >= self.interval_seconds:
                 self._flush_locked()
+            elif self._timer is None and self.flush_later:
+                # nothing may come for a while (a long step, an eval): post what waits
+                # when the interval is up rather than with the next event
+                delay = self.interval_seconds - (now - self._last_post)
+                self._timer = threading.Timer(max(0.0, delay), self._timer_flush)
+                self._timer.daemon = True
+                self._timer.start()
 
     def flush(self) -> None:
         """Post whatever is pending now."""
         with self._lock:
             self._flush_locked()
 
+    def _timer_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._flush_locked()
+
     def close(self) -> None:
         """Flush at the end of a job (also when it failed or was cancelled)."""
-        self.flush()
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flush_locked()
 
     def _flush_locked(self) -> None:
         if self._batch:

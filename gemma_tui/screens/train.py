@@ -92,6 +92,17 @@ def estimate_lines(
     return lines, estimate.advice(total), estimate.fits(total)
 
 
+def _yield_cpu_to_the_ui() -> None:
+    """Lower this thread's CPU priority (Linux: a thread is a task with its own nice value,
+    inherited by the threads it starts, such as XLA's CPU pool). Training on the CPU then
+    leaves the UI thread its share of the cores. A no-op where it is not allowed."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class SaveProfileModal(ModalScreen[str | None]):
     """Asks for a new profile's name; dismisses it (checked: 1 to 64 plain characters)."""
 
@@ -325,7 +336,9 @@ class TrainScreen(JobScreen):
         self.app.push_screen(SaveProfileModal(f"{profile.name}-custom", folder), chosen)
 
     def action_toggle_setup(self) -> None:
-        self.query_one("#train-body").toggle_class("-setup-hidden")
+        # display on the pane itself: a class on an ancestor would restyle every field
+        setup = self.query_one("#setup")
+        setup.display = not setup.display
 
     # ---- starting
 
@@ -348,9 +361,12 @@ class TrainScreen(JobScreen):
         return profile
 
     def _running_layout(self, running: bool) -> None:
+        """While a run goes, the setup is read-only and hidden (F2 shows it); after, the
+        run's result stays in view and the setup is editable again."""
         self.form.set_disabled(running)
         self.query_one("#profile-select", Select).disabled = running
-        self.query_one("#train-body").set_class(running, "-setup-hidden")
+        if running:
+            self.query_one("#setup").display = False
         self.refresh_bindings()
 
     def action_start(self) -> None:
@@ -385,6 +401,8 @@ class TrainScreen(JobScreen):
             from pipeline.training.trainer import train
         else:
             train = self.train_fn
+        if self.card is None:
+            _yield_cpu_to_the_ui()
         worker = get_current_worker()
         bridge = EventBridge(self.post_message, job_id)
         stop: Callable[[], bool] = lambda: self._stop.is_set() or worker.is_cancelled  # noqa: E731
@@ -468,6 +486,8 @@ class TrainScreen(JobScreen):
             return
         if event.state is WorkerState.SUCCESS:
             launched = event.worker.result
+            if launched is None:
+                return
             self.follow_run(launched.run_dir)
             self.notify(
                 f"{launched.run_dir.name} runs as process {launched.pid}; it keeps going if "

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pipeline.profiles import FieldInfo, Profile
 
 SECTION_TITLES = {
-    "": "Profile",
+    "": "Name",
     "model": "Model",
     "lora": "LoRA",
     "train": "Training",
@@ -63,7 +63,7 @@ class ProfileForm(VerticalScroll):
     ProfileForm { height: 1fr; }
     ProfileForm .form-section { color: $text-accent; text-style: bold; margin-top: 1; }
     ProfileForm .form-row { height: 1; }
-    ProfileForm .form-key { width: 24; color: $text-muted; }
+    ProfileForm .form-key { width: 28; color: $text-muted; }
     ProfileForm .form-row Input {
         width: 1fr; height: 1; border: none; padding: 0 1; background: $boost;
     }

@@ -62,7 +62,7 @@ class RunMonitor(Vertical):
     DEFAULT_CSS = """
     RunMonitor { height: 1fr; }
     RunMonitor #monitor-title { width: 1fr; text-style: bold; color: $text-accent; }
-    RunMonitor #monitor-status { width: 1fr; height: 1; }
+    RunMonitor #monitor-status { width: 1fr; height: auto; max-height: 2; }
     RunMonitor #monitor-progress { width: 1fr; height: 1; }
     RunMonitor #monitor-progress Bar { width: 1fr; }
     RunMonitor #monitor-plots { height: 1fr; min-height: 8; }
@@ -95,7 +95,7 @@ class RunMonitor(Vertical):
     def compose(self) -> ComposeResult:
         yield Label("No run yet", id="monitor-title")
         yield Label("no steps yet", id="monitor-status")
-        yield ProgressBar(total=None, show_eta=False, id="monitor-progress")
+        yield ProgressBar(total=1, show_eta=False, id="monitor-progress")
         with Horizontal(id="monitor-plots"):
             yield LossPlot()
             yield MemoryPlot()
@@ -114,7 +114,8 @@ class RunMonitor(Vertical):
         self.total_steps = None
         self.state = state
         self.query_one(Log).clear()
-        self.query_one(ProgressBar).update(total=None, progress=0)
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None if state in ("starting", "launching") else 1, progress=0)
         self._show_status()
         self._draw_plots()
 
@@ -176,9 +177,7 @@ class RunMonitor(Vertical):
                 prefix = "" if event.level == "info" else f"{event.level.upper()}: "
                 self.write_log(prefix + event.message)
             elif isinstance(event, RunFinished):
-                self.set_state(event.status)
-                tail = f": {event.message}" if event.message else ""
-                self.write_log(f"run {event.status} at step {event.step}{tail}")
+                self.set_state(event.status)  # the trainer logged the why
         if changed:
             self._show_status()
             self._draw_plots()

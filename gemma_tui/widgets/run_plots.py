@@ -48,6 +48,7 @@ def rich_colour(name: str) -> str:
     """The Rich style of a plotext colour name (plotext uses the 16 ANSI colours)."""
     return f"color({_ANSI_CODES[name]})"
 
+
 MEMORY_FIELDS = (
     "bytes_in_use",
     "peak_bytes",

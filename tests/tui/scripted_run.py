@@ -8,6 +8,7 @@ helpers the trainer uses, emits the trainer's events in the trainer's order, and
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,12 @@ class ScriptedTrain:
     step_seconds: float = 0.02
     eval_every: int = 5
     fail_at: int | None = None
+    hold_at: int | None = None
+    """Wait after this step until :attr:`release` is set (or a stop is asked)."""
+    run_name: str | None = None
+    """A fixed run folder name (snapshots); default: the trainer's dated name."""
+    release: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def loss(self, step: int) -> float:
@@ -71,7 +78,11 @@ class ScriptedTrain:
             rdir = Path(resume)
             start = runs.read_run_record(rdir).step
         else:
-            rdir = runs.new_run_dir(ws, profile.name)
+            if self.run_name:
+                rdir = ws.runs_dir / self.run_name
+                rdir.mkdir(parents=True)
+            else:
+                rdir = runs.new_run_dir(ws, profile.name)
             save_profile(profile, rdir / "profile.toml")
             start = 0
         record = runs.RunRecord(
@@ -114,6 +125,10 @@ class ScriptedTrain:
                     on_event(CheckpointSaved(step, str(rdir / "checkpoints"), 0.01))
                 record = record.updated_now(step=step, best_eval_loss=best)
                 runs.write_run_record(rdir, record)
+                if step == self.hold_at:
+                    self.holding.set()
+                    while not self.release.wait(0.01) and not should_stop():
+                        pass
         log.close()
         status = "finished" if step >= self.steps else "stopped"
         runs.write_run_record(rdir, record.updated_now(status=status, step=step))

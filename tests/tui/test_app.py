@@ -12,6 +12,8 @@ from gemma_tui.app import MODES, PALETTE_COMMANDS, GemmaTuiApp
 from gemma_tui.screens.dataset import DatasetScreen
 from gemma_tui.screens.help import HelpScreen
 from gemma_tui.screens.modals import ConfirmModal, FileOpenModal
+from gemma_tui.screens.runs import RunsScreen
+from gemma_tui.screens.train import TrainScreen
 from tests.tui.conftest import (
     TERMINAL_SIZE,
     dataset_screen,
@@ -37,13 +39,17 @@ async def _run_command(pilot: Pilot[object], name: str) -> None:
 
 
 async def test_starts_on_the_dataset_screen_with_only_working_modes() -> None:
-    assert [mode.name for mode in MODES] == ["dataset"]
+    assert [mode.name for mode in MODES] == ["dataset", "train", "runs"]
     app = GemmaTuiApp()
     async with app.run_test(size=TERMINAL_SIZE) as pilot:
         assert app.current_mode == "dataset"
         assert isinstance(app.screen, DatasetScreen)
         welcome = app.screen.query_one("#welcome", Static)
         assert "Press o to open" in str(welcome.render())
+        await pilot.press("2")
+        assert isinstance(app.screen, TrainScreen)
+        await pilot.press("3")
+        assert isinstance(app.screen, RunsScreen)
         await pilot.press("1")
         assert isinstance(app.screen, DatasetScreen)
 

@@ -52,7 +52,9 @@ def delivered(messages: list[Message]) -> tuple[list[Event], list[Progress], lis
 def test_bridge_batches_without_losing_points() -> None:
     clock = FakeClock()
     posted: list[Message] = []
-    bridge = EventBridge(posted.append, job_id=7, interval_seconds=0.25, clock=clock)
+    bridge = EventBridge(
+        posted.append, job_id=7, interval_seconds=0.25, clock=clock, flush_later=False
+    )
     events = scripted_events()
     for event in events:
         clock.now += 0.0005  # 2,000 events a second: 20 s for 40,000 events
@@ -84,7 +86,7 @@ def test_bridge_batches_without_losing_points() -> None:
 def test_bridge_posts_first_progress_at_once_and_flushes_on_close() -> None:
     clock = FakeClock()
     posted: list[Message] = []
-    bridge = EventBridge(posted.append, job_id=1, clock=clock)
+    bridge = EventBridge(posted.append, job_id=1, clock=clock, flush_later=False)
     bridge(Progress("open", 1, None, "bytes"))
     assert len(posted) == 1  # the bar appears at once
     bridge(Progress("open", 2, None, "bytes"))
@@ -150,3 +152,30 @@ async def test_bridge_from_a_worker_thread_reaches_the_ui_complete_and_coalesced
         # 100,000 progress events became a handful of UI updates.
         assert app.progress_updates < 100
         assert str(app.query_one("#status", Static).render()) == "50000"
+
+
+def test_a_pending_event_is_posted_when_the_interval_is_up_without_a_new_event() -> None:
+    """A step just after a post waits at most one interval, not until the next step."""
+    import threading
+
+    from gemma_tui.messages import JobEventsBatched
+    from pipeline.events import LogLine
+
+    posted: list[object] = []
+    arrived = threading.Event()
+
+    def post(message: object) -> None:
+        posted.append(message)
+        if len(posted) == 2:
+            arrived.set()
+
+    bridge = EventBridge(post, job_id=3, interval_seconds=0.05)
+    bridge(LogLine("first"))  # posted at once
+    bridge(LogLine("second"))  # within the interval: waits
+    assert len(posted) == 1
+    assert arrived.wait(2.0), "the pending event was never posted"
+    second = posted[1]
+    assert isinstance(second, JobEventsBatched)
+    assert [e.message for e in second.events] == ["second"]  # type: ignore[union-attr]
+    bridge.close()
+    assert len(posted) == 2

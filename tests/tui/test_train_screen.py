@@ -147,10 +147,10 @@ async def test_scripted_run_shows_every_point_and_stops_with_confirmation(
         monitor = screen.query_one(RunMonitor)
         await wait_until(lambda: len(monitor.history.train_steps) >= 30)
         assert screen.busy
-        assert screen.query_one("#train-body").has_class("-setup-hidden")
+        setup = screen.query_one("#setup")
+        assert not setup.display
         # Keys are answered while the run trains.
-        latency = await key_latency(app, "f2", lambda: not screen.query_one(
-            "#train-body").has_class("-setup-hidden"))  # fmt: skip
+        latency = await key_latency(app, "f2", lambda: setup.display)
         assert latency < 0.5
         # Stopping asks first; "no" keeps training.
         await key_latency(app, "escape", lambda: isinstance(app.screen, ConfirmModal))
@@ -172,8 +172,8 @@ async def test_scripted_run_shows_every_point_and_stops_with_confirmation(
         bar = monitor.query_one(ProgressBar)
         assert bar.total == 400 and bar.progress == record.step
         assert any(n.title == "Run stopped" for n in app._notifications)
-        # The setup is back and editable.
-        assert not screen.query_one("#train-body").has_class("-setup-hidden")
+        # The setup is editable again (F2 had shown it).
+        assert setup.display
         assert not screen.query_one("#field-lora--rank", Input).disabled
 
 
