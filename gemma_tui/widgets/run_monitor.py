@@ -2,9 +2,9 @@
 
 Fed either by events from a run in this process (:meth:`RunMonitor.add_events`, batched by
 the bridge) or by the run's own files when it is written by another process
-(:meth:`RunMonitor.follow`: ``metrics.jsonl`` through
-:class:`~pipeline.training.runs.MetricsTail`, the new bytes of ``log.txt``, and ``run.json``
-for the status, polled twice a second, read-only). Every point lands in one
+(:meth:`RunMonitor.follow`: ``metrics.jsonl`` and ``log.txt`` through
+:class:`~gemma_tui.screens.runs_files.RunFiles`, and ``run.json`` for the status, polled
+twice a second, read-only). Every point lands in one
 :class:`~gemma_tui.widgets.run_plots.RunHistory`; the plots redraw a few times a second.
 """
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from textual.app import ComposeResult
     from textual.timer import Timer
 
+    from gemma_tui.screens.runs_files import RunFiles
     from pipeline.events import Event
 
 GiB = 1024**3
@@ -87,8 +88,7 @@ class RunMonitor(Vertical):
         self.total_steps: int | None = None
         self.state = ""
         self.followed: Path | None = None
-        self._tail: Any = None
-        self._log_offset = 0
+        self._files: RunFiles | None = None
         self._polls = 0
         self._timer: Timer | None = None
 
@@ -198,13 +198,13 @@ class RunMonitor(Vertical):
 
     def follow(self, run_dir: Path, state: str = "running") -> None:
         """Show ``run_dir`` and follow its files until :meth:`unfollow` (or it ends)."""
-        from pipeline.training.runs import MetricsTail
+        from gemma_tui.screens.runs_files import RunFiles
 
         self.reset(run_dir.name, state)
         self.run_dir = run_dir
         self.followed = run_dir
-        self._tail = MetricsTail(run_dir / "metrics.jsonl")
-        self._log_offset = 0
+        self._files = RunFiles(run_dir)
+        self._files.use(self.history)
         self._polls = 0
         self.poll()
         self._timer = self.set_interval(POLL_SECONDS, self.poll)
@@ -214,40 +214,28 @@ class RunMonitor(Vertical):
             self._timer.stop()
             self._timer = None
         self.followed = None
-        self._tail = None
+        self._files = None
 
     def poll(self) -> None:
         """Read what the followed run wrote since the last poll."""
-        run_dir = self.followed
-        if run_dir is None or self._tail is None:
+        run_dir, files = self.followed, self._files
+        if run_dir is None or files is None:
             return
-        records = self._tail.poll()
-        if records:
-            self.history.extend(records)
-            for record in records:
-                if record.get("type") == "eval":
-                    self.write_log(
-                        f"eval at step {record.get('step')}: loss {record.get('loss', 0):.4f}"
-                    )
-            self._show_status()
-            self._draw_plots()
-        self._read_log(run_dir / "log.txt")
+        self._take(files)
         if self._polls % STATUS_EVERY_POLLS == 0:
             self._read_status(run_dir)
         self._polls += 1
 
-    def _read_log(self, path: Path) -> None:
-        try:
-            with path.open("rb") as handle:
-                handle.seek(self._log_offset)
-                data = handle.read(1 << 20)
-        except OSError:
-            return
-        end = data.rfind(b"\n")
-        if end < 0:
-            return
-        self._log_offset += end + 1
-        for line in data[:end].decode("utf-8", "replace").splitlines():
+    def _take(self, files: RunFiles) -> None:
+        evals = len(self.history.eval_steps)
+        if files.poll_metrics():
+            for step, loss in zip(
+                self.history.eval_steps[evals:], self.history.eval_loss[evals:], strict=True
+            ):
+                self.write_log(f"eval at step {step}: loss {loss:.4f}")
+            self._show_status()
+            self._draw_plots()
+        for line in files.poll_log():
             self.write_log(line)
 
     def _read_status(self, run_dir: Path) -> None:
@@ -258,12 +246,8 @@ class RunMonitor(Vertical):
             self.total_steps = summary.total_steps
             self._show_status()
         if summary.status != "running" and summary.status != "unknown":
-            last = self._tail.poll() if self._tail is not None else []
-            if last:  # written between this poll's read and the status change
-                self.history.extend(last)
-                self._show_status()
-                self._draw_plots()
-            self._read_log(run_dir / "log.txt")
+            if self._files is not None:  # written between this poll's read and the end
+                self._take(self._files)
             self.set_state(summary.status)
             self.unfollow()
             self.post_message(self.Ended(run_dir, summary.status))

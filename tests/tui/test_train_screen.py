@@ -176,6 +176,16 @@ async def test_scripted_run_shows_every_point_and_stops_with_confirmation(
         assert setup.display
         assert not screen.query_one("#field-lora--rank", Input).disabled
 
+        # "Resume here" from the Runs screen continues it in this process, to the end.
+        script.step_seconds = 0.0
+        await app.resume_run_here(run_dir)
+        await wait_until(lambda: len(script.calls) == 2)
+        assert script.calls[-1]["resume"] == run_dir
+        await wait_until(lambda: monitor.state == "finished" and not screen.busy)
+        await settle(pilot)
+        assert read_run_record(run_dir).status == "finished"
+        assert monitor.history.train_steps == list(range(1, 401))
+
 
 async def test_failed_run_shows_the_error(workspace: Path) -> None:
     app = GemmaTuiApp()
