@@ -22,6 +22,18 @@ _tt_wheels=(
   namex==0.1.0
   optree==0.20.0
   tomli-w==1.2.0
+  # the TUI, for bench/tui_latency.py (bench/run_gpu_tui.sh)
+  textual==8.2.8
+  textual-plotext==1.0.1
+  plotext==5.3.2
+  markdown-it-py==4.3.0
+  mdit-py-plugins==0.7.0
+  mdurl==0.1.2
+  linkify-it-py==2.2.0
+  uc-micro-py==1.0.3
+  platformdirs==4.14.7
+  nvidia-ml-py==13.615.71
+  rich==15.0.0
 )
 
 if [[ "${1:-}" == "download" ]]; then
@@ -56,7 +68,7 @@ import sys
 mods = (
     "numpy jax jaxlib keras keras_hub tomli_w torch transformers peft pipeline.profiles "
     "pipeline.models.config pipeline.models.gemma3_jax pipeline.models.lora "
-    "pipeline.training.step pipeline.training.batches"
+    "pipeline.training.step pipeline.training.batches textual textual_plotext gemma_tui.app"
 ).split()
 ok, bad = [], []
 for name in mods:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -29,7 +30,22 @@ RESULTS = REPO / "bench" / "results" / "tui_latency.md"
 sys.path.insert(0, str(REPO))
 
 
-async def measure(profile: str, data: str, every: float) -> dict[str, object]:
+def save_screen(app: object, folder: Path | None, name: str) -> None:
+    """The screen as an SVG (Textual's export) in ``folder``, when given."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.svg").write_text(app.export_screenshot())  # type: ignore[attr-defined]
+
+
+async def measure(
+    profile: str,
+    data: str,
+    every: float,
+    fields: dict[str, str],
+    screens: Path | None,
+    size: tuple[int, int],
+) -> dict[str, object]:
     from textual.widgets import Select
 
     from gemma_tui.app import GemmaTuiApp
@@ -37,7 +53,7 @@ async def measure(profile: str, data: str, every: float) -> dict[str, object]:
 
     app = GemmaTuiApp()
     latencies: list[float] = []
-    async with app.run_test(size=(120, 36)) as pilot:
+    async with app.run_test(size=size) as pilot:
         await pilot.press("2")
         await pilot.pause()
         screen = app.screen
@@ -46,7 +62,12 @@ async def measure(profile: str, data: str, every: float) -> dict[str, object]:
         while screen.form.profile is None or screen.form.profile.name != profile:
             await asyncio.sleep(0.01)
         screen.form.set_value("data.train_path", data)
+        for key, value in fields.items():
+            screen.form.set_value(key, value)
         await pilot.pause()
+        if screen.form.profile is None:
+            raise SystemExit("bad --set values: " + "; ".join(screen.form.problems))
+        save_screen(app, screens, "train-setup")
         setup = screen.query_one("#setup")
         idle: list[float] = []
         for _ in range(10):  # the same key with nothing training, for comparison
@@ -66,7 +87,11 @@ async def measure(profile: str, data: str, every: float) -> dict[str, object]:
         while not monitor.history.train_steps:
             await asyncio.sleep(0.05)
         first_step = time.perf_counter() - started
+        shot_at = max(2, (screen.form.profile.train.max_steps or 8) // 2)
         while screen.busy:
+            if screens is not None and len(monitor.history.train_steps) >= shot_at:
+                shot_at = 10**9
+                save_screen(app, screens, "train-running")
             before = setup.display
             t0 = time.perf_counter()
             app.simulate_key("f2")
@@ -84,12 +109,19 @@ async def measure(profile: str, data: str, every: float) -> dict[str, object]:
             await asyncio.sleep(every)
         steps = len(monitor.history.train_steps)
         total = time.perf_counter() - started
+        await pilot.pause(0.5)
+        if setup.display:
+            app.simulate_key("f2")
+            await pilot.pause(0.3)
+        save_screen(app, screens, "train-finished")
+        last = dict(monitor.history.last_train or {})
     return {
         "latencies": latencies,
         "idle": idle,
         "steps": steps,
         "first_step_s": first_step,
         "total_s": total,
+        "last": last,
     }
 
 
@@ -98,26 +130,51 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu-smoke")
     parser.add_argument("--data", default="pipeline/data/samples/sample_sharegpt.jsonl")
     parser.add_argument("--every", type=float, default=0.3, help="seconds between presses")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="type VALUE into the profile field KEY (e.g. train.max_steps=40)",
+    )
+    parser.add_argument("--screens", type=Path, help="save SVG screens of the run here")
+    parser.add_argument("--size", default="120x36", help="terminal size, COLSxROWS")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    fields = dict(item.split("=", 1) for item in args.set)
+    cols, rows = (int(x) for x in args.size.split("x"))
     os.chdir(REPO)
     os.environ.setdefault("GEMMA_TUI_WORKSPACE", tempfile.mkdtemp(prefix="tui-latency-"))
-    out = asyncio.run(measure(args.profile, args.data, args.every))
+    out = asyncio.run(
+        measure(args.profile, args.data, args.every, fields, args.screens, (cols, rows))
+    )
     lat = sorted(out["latencies"])  # type: ignore[arg-type]
     ms = [x * 1000 for x in lat]
     idle_ms = sorted(x * 1000 for x in out["idle"])  # type: ignore[attr-defined]
     p95 = ms[max(0, round(0.95 * len(ms)) - 1)]
     cpu = f"{os.cpu_count()} cores"
+    try:
+        from pipeline.utils.gpu import nvml_memory
+
+        card = nvml_memory()
+        if card is not None:
+            import pynvml
+
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+            cpu += f", GPU {name} ({card[1] / 1024**3:.0f} GiB)"
+    except Exception:
+        pass
     when = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
         "# Train screen: key latency while training in the same process",
         "",
-        f"- Command: `uv run python bench/tui_latency.py --profile {args.profile} "
-        f"--data {args.data}`",
+        f"- Command: `{os.environ.get('TUI_COMMAND') or ' '.join(['python', *sys.argv])}`",
         f"- Machine: {platform.node()}, {platform.machine()}, {cpu}, Python "
         f"{platform.python_version()}; date {when}",
         f"- Run: {out['steps']} steps, first step after {out['first_step_s']:.1f} s "
         f"(model load, data, compile), {out['total_s']:.1f} s in all",
         f"- F2 pressed every {args.every} s after the first step: {len(ms)} presses",
+        f"- Last step: {json.dumps(out['last'], default=str)}",
         "",
         "Latency: from the key event to the screen's action having run (F2 shows or hides "
         "the profile pane).",
@@ -130,7 +187,8 @@ def main() -> None:
         f"{max(ms):.1f} | < 100 ms each |",
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
