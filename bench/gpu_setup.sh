@@ -34,6 +34,16 @@ _tt_wheels=(
   platformdirs==4.14.7
   nvidia-ml-py==13.615.71
   rich==15.0.0
+  gguf==0.19.0
+  # the data stage (pipeline.data: validation with pandera)
+  pydantic==2.14.3
+  pydantic-core==2.50.4
+  annotated-types==0.8.0
+  typing-inspection==0.4.5
+  pandera==0.35.0
+  typeguard==4.6.0
+  orjson==3.13.0
+  jsonlines==4.0.0
 )
 
 if [[ "${1:-}" == "download" ]]; then
@@ -68,7 +78,7 @@ import sys
 mods = (
     "numpy jax jaxlib keras keras_hub tomli_w torch transformers peft pipeline.profiles "
     "pipeline.models.config pipeline.models.gemma3_jax pipeline.models.lora "
-    "pipeline.training.step pipeline.training.batches textual textual_plotext gemma_tui.app"
+    "pipeline.training.step pipeline.training.batches textual textual_plotext gemma_tui.app gguf sentencepiece google.protobuf pandera orjson pipeline.data.checked_stream"
 ).split()
 ok, bad = [], []
 for name in mods:

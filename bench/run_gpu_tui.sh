@@ -27,6 +27,5 @@ python3 bench/tui_latency.py --profile rtx3060-12gb --data bench/data/alpaca_en_
   --set train.eval_every=50 --set train.checkpoint_every=100 \
   --screens "$OUT/screens" --results "$OUT/tui_latency_gpu.md" "$@" 2>&1 | tee "$OUT/run.log"
 rc=${PIPESTATUS[0]}
-cp -r "$GEMMA_TUI_WORKSPACE/runs" "$OUT/runs" 2>/dev/null
 echo "run_gpu_tui: exit $rc after ${SECONDS}s"
 exit $rc

@@ -45,11 +45,14 @@ async def measure(
     fields: dict[str, str],
     screens: Path | None,
     size: tuple[int, int],
+    timeout: float = 300.0,
 ) -> dict[str, object]:
     from textual.widgets import Select
 
     from gemma_tui.app import GemmaTuiApp
+    from gemma_tui.screens.modals import ErrorModal
     from gemma_tui.screens.train import TrainScreen
+    from gemma_tui.widgets.job_bar import JobBar
 
     app = GemmaTuiApp()
     latencies: list[float] = []
@@ -84,11 +87,35 @@ async def measure(
         started = time.perf_counter()
         app.simulate_key("f5")
         monitor = screen.monitor
+        last_note = 0.0
         while not monitor.history.train_steps:
             await asyncio.sleep(0.05)
+            waited = time.perf_counter() - started
+            if isinstance(app.screen, ErrorModal) or not (screen.busy or waited < 5):
+                save_screen(app, screens, "train-error")
+                report = getattr(app.screen, "report", None)
+                raise SystemExit(f"the run did not start: {report or monitor.state}")
+            if waited > timeout:
+                save_screen(app, screens, "train-timeout")
+                raise SystemExit(f"no step after {timeout:.0f} s; state {monitor.state!r}")
+            if waited - last_note > 10:
+                last_note = waited
+                bar = screen.query_one(JobBar)
+                detail = str(bar.query_one("#job-detail").render())
+                print(f"{waited:5.0f} s  waiting for the first step: {detail}", flush=True)
         first_step = time.perf_counter() - started
         shot_at = max(2, (screen.form.profile.train.max_steps or 8) // 2)
+        profiler = None
+        if os.environ.get("LATENCY_PROFILE"):  # what the UI thread does while the run goes
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         while screen.busy:
+            if time.perf_counter() - started > timeout:
+                print("time is up: stopping the run", flush=True)
+                screen.stop_run()
+                timeout = float("inf")
             if screens is not None and len(monitor.history.train_steps) >= shot_at:
                 shot_at = 10**9
                 save_screen(app, screens, "train-running")
@@ -107,6 +134,14 @@ async def measure(
                     f"{latencies[-1] * 1000:6.1f} ms"
                 )
             await asyncio.sleep(every)
+        if profiler is not None:
+            import io
+            import pstats
+
+            profiler.disable()
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+            Path(os.environ["LATENCY_PROFILE"]).write_text(text.getvalue())
         steps = len(monitor.history.train_steps)
         total = time.perf_counter() - started
         await pilot.pause(0.5)
@@ -140,13 +175,16 @@ def main() -> None:
     parser.add_argument("--screens", type=Path, help="save SVG screens of the run here")
     parser.add_argument("--size", default="120x36", help="terminal size, COLSxROWS")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the run")
     args = parser.parse_args()
     fields = dict(item.split("=", 1) for item in args.set)
     cols, rows = (int(x) for x in args.size.split("x"))
     os.chdir(REPO)
     os.environ.setdefault("GEMMA_TUI_WORKSPACE", tempfile.mkdtemp(prefix="tui-latency-"))
     out = asyncio.run(
-        measure(args.profile, args.data, args.every, fields, args.screens, (cols, rows))
+        measure(
+            args.profile, args.data, args.every, fields, args.screens, (cols, rows), args.timeout
+        )
     )
     lat = sorted(out["latencies"])  # type: ignore[arg-type]
     ms = [x * 1000 for x in lat]

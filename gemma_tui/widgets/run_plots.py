@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,10 @@ from pipeline.events import EvalMetrics, StepMetrics
 
 GiB = 1024**3
 REDRAW_INTERVAL_S = 0.25
+BUSY_FACTOR = 6.0
+"""A plot waits at least this many times its last drawing time before it redraws again, so
+that plots never take more than about a sixth of the UI thread (a large plot on a wide
+terminal takes 30-60 ms to draw; keys must not queue behind a stream of redraws)."""
 """Four redraws a second at most."""
 PLOT_CHROME_ROWS = 5
 """Rows of a plot that are not its canvas: title, two frame lines, tick labels, axis labels."""
@@ -235,11 +240,15 @@ class _ThrottledPlot(PlotextPlot):
         self.redraws = 0
         """How many times the plot was redrawn (for tests and benchmarks)."""
         self._drawn: tuple[Any, ...] | None = None
+        self._last_redraw = 0.0
+        self.draw_seconds = 0.0
+        """How long the last drawing took (plotext build and ANSI decoding)."""
+        self._rendered: tuple[tuple[Any, ...], Any] | None = None
 
     def on_mount(self) -> None:
         super().on_mount()
         self._redraw()
-        self.set_interval(self.interval_s, self.flush)
+        self.set_interval(self.interval_s, self._tick)
 
     def _signature(self) -> tuple[Any, ...]:
         """What the drawing depends on (compared with the drawn one on every tick)."""
@@ -261,6 +270,25 @@ class _ThrottledPlot(PlotextPlot):
         if self.is_mounted and self.pending:
             self._redraw()
 
+    def _tick(self) -> None:
+        """The timer: redraw if something changed and the last drawing is far enough back
+        (:data:`BUSY_FACTOR`)."""
+        wait = max(self.interval_s, BUSY_FACTOR * self.draw_seconds)
+        if time.monotonic() - self._last_redraw >= wait - 0.01:
+            self.flush()
+
+    def render(self) -> Any:
+        """The drawing, built again only when the plot was redrawn or resized (Textual may
+        ask for it more often: a parent's refresh, a theme change)."""
+        key = (self.redraws, self.size, self.app.theme)
+        if self._rendered is not None and self._rendered[0] == key:
+            return self._rendered[1]
+        started = time.perf_counter()
+        text = super().render()
+        self.draw_seconds = time.perf_counter() - started
+        self._rendered = (key, text)
+        return text
+
     def _redraw(self) -> None:
         self._drawn = self._signature()
         plt = self.plt
@@ -268,6 +296,7 @@ class _ThrottledPlot(PlotextPlot):
         plt.clear_figure()
         self.replot()
         self.redraws += 1
+        self._last_redraw = time.monotonic()
         self.refresh()
 
     def _x_axis(self, xs: Sequence[float]) -> None:
