@@ -50,6 +50,9 @@ class RunningJob:
 class JobScreen(Screen[None]):
     """A screen with a :class:`JobBar` (any id) that runs one job at a time."""
 
+    JOB_HINT = "esc cancel"
+    """What the job bar says about stopping the job."""
+
     def __init__(self) -> None:
         super().__init__()
         self.job: RunningJob | None = None
@@ -79,7 +82,7 @@ class JobScreen(Screen[None]):
             return None
         self._job_counter += 1
         self.job = RunningJob(self._job_counter, kind, title)
-        self.query_one(JobBar).start(title)
+        self.query_one(JobBar).start(title, hint=self.JOB_HINT)
         self.refresh_bindings()
         return self.job
 

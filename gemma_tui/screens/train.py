@@ -158,6 +158,7 @@ class TrainScreen(JobScreen):
 
     CSS_PATH = Path(__file__).with_name("train.tcss")
     BINDINGS: ClassVar[list[BindingType]] = TRAIN_BINDINGS
+    JOB_HINT = "esc stop (with a checkpoint)"
 
     def __init__(self) -> None:
         super().__init__()

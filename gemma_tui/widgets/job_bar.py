@@ -56,8 +56,9 @@ class JobBar(Horizontal):
     def active(self) -> bool:
         return self.has_class("-active")
 
-    def start(self, title: str, detail: str = "") -> None:
+    def start(self, title: str, detail: str = "", *, hint: str = "esc cancel") -> None:
         """Show the bar for a new job, with an indeterminate bar until progress arrives."""
+        self.query_one("#job-hint", Label).update(hint)
         self.query_one("#job-title", Label).update(title)
         self.query_one("#job-detail", Label).update(detail)
         self.query_one(ProgressBar).update(total=None, progress=0)

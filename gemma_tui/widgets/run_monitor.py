@@ -34,7 +34,9 @@ STATUS_EVERY_POLLS = 4
 """run.json (and whether its process lives) is read every 4th poll: every 2 s."""
 
 
-def status_line(last: Mapping[str, Any] | None, best_eval: float | None) -> str:
+def status_line(
+    last: Mapping[str, Any] | None, best_eval: float | None, *, running: bool = True
+) -> str:
     """``step 12/100 · loss 2.3141 · best eval 2.41 · lr 1.2e-04 · 5,321 tok/s · ETA 3 min``."""
     if last is None:
         return "no steps yet"
@@ -50,7 +52,8 @@ def status_line(last: Mapping[str, Any] | None, best_eval: float | None) -> str:
     speed = last.get("tokens_per_s")
     if isinstance(speed, int | float):
         parts.append(f"{speed:,.0f} tok/s")
-    parts.append(f"ETA {format_duration(last.get('eta_s'))}")
+    if running:
+        parts.append(f"ETA {format_duration(last.get('eta_s'))}")
     elapsed = last.get("elapsed_s")
     if isinstance(elapsed, int | float):
         parts.append(f"elapsed {format_duration(elapsed)}")
@@ -121,7 +124,7 @@ class RunMonitor(Vertical):
 
     def set_state(self, state: str) -> None:
         self.state = state
-        self._show_title()
+        self._show_status()
 
     def write_log(self, line: str) -> None:
         self.query_one(Log).write_line(line)
@@ -133,7 +136,10 @@ class RunMonitor(Vertical):
 
     def _show_status(self) -> None:
         last = self.history.last_train
-        self.query_one("#monitor-status", Label).update(status_line(last, self.history.best_eval))
+        ended = self.state in ("finished", "failed") or self.state.startswith("stopped")
+        self.query_one("#monitor-status", Label).update(
+            status_line(last, self.history.best_eval, running=not ended)
+        )
         bar = self.query_one(ProgressBar)
         total = (last or {}).get("total_steps") or self.total_steps
         if total:
