@@ -131,6 +131,7 @@ def _prepare_new(
     ws: Workspace,
 ) -> tuple[Path, list[str], _Placeholder]:
     from pipeline.profiles.io import load_profile, save_profile
+    from pipeline.training.trainer import new_run_profile
 
     if profile is None:
         raise TrainingError(
@@ -142,17 +143,8 @@ def _prepare_new(
         profile = load_profile(profile)
     if max_steps is not None:
         profile = apply_max_steps(profile, max_steps)
-    if model is not None:
-        profile = dataclasses.replace(
-            profile, model=dataclasses.replace(profile.model, source=model)
-        )
-    data = data if data is not None else profile.data.train_path
-    if data is None:
-        raise TrainingError(
-            f"no training data given: profile {profile.name} has no data.train_path",
-            hint="Pass --data FILE, or set data.train_path in the profile.",
-        )
-    data = _check_data(data)
+    profile = new_run_profile(profile, data=data, model=model)
+    data = _check_data(str(profile.data.train_path))
     profile = dataclasses.replace(profile, data=dataclasses.replace(profile.data, train_path=data))
     rdir = runs.new_run_dir(ws, profile.name).absolute()
     try:

@@ -340,16 +340,7 @@ class LossPlot(_ThrottledPlot):
     """Train loss (a line) and eval loss (a line with dots) over steps; several runs overlay,
     each in its own colour, labelled with its :attr:`RunHistory.label`."""
 
-    def __init__(
-        self,
-        *,
-        interval_s: float = REDRAW_INTERVAL_S,
-        name: str | None = None,
-        id: str | None = None,
-        classes: str | None = None,
-    ) -> None:
-        super().__init__(interval_s=interval_s, name=name, id=id, classes=classes)
-        self.histories: tuple[RunHistory, ...] = ()
+    histories: tuple[RunHistory, ...] = ()
 
     def show(self, histories: Sequence[RunHistory]) -> None:
         """Draw these runs (at the next tick; the histories may keep growing)."""
@@ -428,16 +419,7 @@ class MemoryPlot(_ThrottledPlot):
     view of the whole card (JAX preallocates most of the card, so NVML alone misleads);
     without a GPU: the host RSS."""
 
-    def __init__(
-        self,
-        *,
-        interval_s: float = REDRAW_INTERVAL_S,
-        name: str | None = None,
-        id: str | None = None,
-        classes: str | None = None,
-    ) -> None:
-        super().__init__(interval_s=interval_s, name=name, id=id, classes=classes)
-        self.history: RunHistory | None = None
+    history: RunHistory | None = None
 
     def show(self, history: RunHistory) -> None:
         """Draw this run's memory (at the next tick)."""

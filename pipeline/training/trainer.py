@@ -263,27 +263,43 @@ def train(
                 hint="Drop --model, or start a new run on the other model.",
             )
     else:
-        if model is not None:
-            profile = dataclasses.replace(
-                profile, model=dataclasses.replace(profile.model, source=model)
-            )
-        data = data if data is not None else profile.data.train_path
-        if data is None:
-            raise TrainingError(
-                "no training data given",
-                hint="Pass --data FILE, or set data.train_path in the profile.",
-            )
-        if not Path(data).expanduser().exists() and not any(c in str(data) for c in "*?["):
-            raise TrainingError(
-                f"training data not found: {data}", hint="Check the path (relative to here)."
-            )
-        profile = dataclasses.replace(
-            profile, data=dataclasses.replace(profile.data, train_path=str(data))
-        )
+        profile = new_run_profile(profile, data=data, model=model)
+        data = str(profile.data.train_path)
         rdir = Path(run_dir) if run_dir is not None else runs.new_run_dir(ws, profile.name)
     rdir.mkdir(parents=True, exist_ok=True)
     with runs.RunLock(rdir):
         return _train_locked(profile, rdir, ckpt, str(data), ws, on_event, should_stop)
+
+
+def new_run_profile(
+    profile: Profile, *, data: str | Path | None = None, model: str | None = None
+) -> Profile:
+    """The profile a new run trains with: ``model`` (if given) as ``model.source``, and the
+    data (``data``, else the profile's ``data.train_path``; a file, a folder or a glob) as
+    ``data.train_path``.
+
+    Raises:
+        TrainingError: no data given, or no such file or folder.
+    """
+    if model is not None:
+        profile = dataclasses.replace(
+            profile, model=dataclasses.replace(profile.model, source=model)
+        )
+    data = data if data is not None else profile.data.train_path
+    if data is None:
+        raise TrainingError(
+            f"no training data given: profile {profile.name} has no data.train_path",
+            hint="Pass --data FILE, or set data.train_path in the profile.",
+        )
+    if not Path(data).expanduser().exists() and not any(c in str(data) for c in "*?["):
+        import os
+
+        raise TrainingError(
+            f"training data not found: {data}", hint=f"Check the path (relative to {os.getcwd()})."
+        )
+    return dataclasses.replace(
+        profile, data=dataclasses.replace(profile.data, train_path=str(data))
+    )
 
 
 def _load_resume_point(rdir: Path, on_event: EventSink = ignore_event) -> tuple[Profile, Any]:
