@@ -72,14 +72,22 @@ async def measure(
             raise SystemExit("bad --set values: " + "; ".join(screen.form.problems))
         save_screen(app, screens, "train-setup")
         setup = screen.query_one("#setup")
-        idle: list[float] = []
-        for _ in range(10):  # the same key with nothing training, for comparison
+
+        async def press_f2() -> float:
+            """Seconds from F2 to the profile pane shown or hidden (5 s at most)."""
             before = setup.display
             t0 = time.perf_counter()
             app.simulate_key("f2")
             while setup.display == before:
                 await asyncio.sleep(0.001)
-            idle.append(time.perf_counter() - t0)
+                if time.perf_counter() - t0 > 5:
+                    print("no answer in 5 s; screen:", app.screen, "busy:", screen.busy)
+                    break
+            return time.perf_counter() - t0
+
+        idle: list[float] = []
+        for _ in range(10):  # the same key with nothing training, for comparison
+            idle.append(await press_f2())
             await asyncio.sleep(every)
         if not setup.display:
             app.simulate_key("f2")
@@ -119,18 +127,11 @@ async def measure(
             if screens is not None and len(monitor.history.train_steps) >= shot_at:
                 shot_at = 10**9
                 save_screen(app, screens, "train-running")
-            before = setup.display
-            t0 = time.perf_counter()
-            app.simulate_key("f2")
-            while setup.display == before:
-                await asyncio.sleep(0.001)
-                if time.perf_counter() - t0 > 5:
-                    print("no answer in 5 s; screen:", app.screen, "busy:", screen.busy)
-                    break
-            latencies.append(time.perf_counter() - t0)
+            pressed_at = time.perf_counter() - started
+            latencies.append(await press_f2())
             if os.environ.get("LATENCY_TRACE"):
                 print(
-                    f"{t0 - started:7.2f} s  steps {len(monitor.history.train_steps)}  "
+                    f"{pressed_at:7.2f} s  steps {len(monitor.history.train_steps)}  "
                     f"{latencies[-1] * 1000:6.1f} ms"
                 )
             await asyncio.sleep(every)

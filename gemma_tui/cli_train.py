@@ -299,21 +299,11 @@ class StopOnInterrupt:
 
 def _memory_lines(profile: Profile, source: str) -> tuple[list[str], str | None]:
     """The estimate's lines and, when a GPU is found and it does not fit, the advice."""
-    from pipeline.training.memory import estimate_for_profile, guess_arch
+    from pipeline.training.memory import estimate_for_card
     from pipeline.utils.gpu import nvml_memory
 
-    arch = guess_arch(source)
-    if arch is None:
-        return [f"Memory estimate: unknown until {source} is loaded"], None
-    card = nvml_memory()
-    # without an NVIDIA GPU, XLA's attention keeps the S x S probabilities (no flash)
-    estimate = estimate_for_profile(profile, arch, flash_attention=card is not None)
-    lines = estimate.lines()
-    if card is None:
-        return lines, None
-    used, total = card
-    lines.append(f"  GPU: {total / GiB:.1f} GiB, {used / GiB:.1f} GiB in use by all processes")
-    return lines, estimate.advice(total)
+    lines, advice, _ = estimate_for_card(profile, nvml_memory(), source=source)
+    return lines, advice
 
 
 def _print_error(console: Console, exc: Any) -> None:

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from textual.app import ComposeResult
 
     from pipeline.profiles import Profile
-    from pipeline.training.memory import MemoryEstimate
 
 GiB = 1024**3
 
@@ -75,21 +74,13 @@ def default_profile_name(card_total_bytes: int | None, names: list[str]) -> str:
 def estimate_lines(
     profile: Profile, card: tuple[int, int] | None
 ) -> tuple[list[str], str | None, bool | None]:
-    """The memory estimate's lines for ``profile``, the advice when it does not fit the card,
-    and whether it fits (None without a card or a known architecture)."""
-    from pipeline.training.memory import estimate_for_profile, guess_arch
+    """:func:`~pipeline.training.memory.estimate_for_card`, saying so when there is no GPU."""
+    from pipeline.training.memory import estimate_for_card
 
-    arch = guess_arch(profile.model.source)
-    if arch is None:
-        return [f"Memory estimate: unknown until {profile.model.source} is loaded"], None, None
-    estimate: MemoryEstimate = estimate_for_profile(profile, arch, flash_attention=card is not None)
-    lines = estimate.lines()
-    if card is None:
+    lines, advice, fits = estimate_for_card(profile, card)
+    if card is None and len(lines) > 1:
         lines.append("No NVIDIA GPU found: training runs on the CPU, in host memory.")
-        return lines, None, None
-    used, total = card
-    lines.append(f"GPU: {total / GiB:.1f} GiB, {used / GiB:.1f} GiB in use by all processes")
-    return lines, estimate.advice(total), estimate.fits(total)
+    return lines, advice, fits
 
 
 def _yield_cpu_to_the_ui() -> None:

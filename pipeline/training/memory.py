@@ -318,6 +318,26 @@ def estimate_for_profile(
     )
 
 
+def estimate_for_card(
+    profile: Profile, card: tuple[int, int] | None, *, source: str | None = None
+) -> tuple[list[str], str | None, bool | None]:
+    """What to show before a run: the estimate's lines for ``profile`` (its model, or
+    ``source``), a line on the card when there is one (``card``: NVML's used and total
+    bytes), the advice when it does not fit, and whether it fits (None without a card or a
+    known architecture). Without a card XLA's attention keeps the S x S probabilities."""
+    source = source or profile.model.source
+    arch = guess_arch(source)
+    if arch is None:
+        return [f"Memory estimate: unknown until {source} is loaded"], None, None
+    estimate = estimate_for_profile(profile, arch, flash_attention=card is not None)
+    lines = estimate.lines()
+    if card is None:
+        return lines, None, None
+    used, total = card
+    lines.append(f"  GPU: {total / GiB:.1f} GiB, {used / GiB:.1f} GiB in use by all processes")
+    return lines, estimate.advice(total), estimate.fits(total)
+
+
 def guess_arch(source: str) -> GemmaArch | None:
     """The architecture a model source most likely has, without reading it: "embedded" and
     names with "270m" are 270M, names with "1b" are 1B, "tiny" is tiny; else None."""
