@@ -37,6 +37,14 @@ class LogLine:
 
 
 @dataclass(frozen=True, slots=True)
+class StageStarted:
+    """A named stage of a job began (long stages: the UI shows it with its elapsed time)."""
+
+    stage: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StageDone:
     """A named stage of a job has finished; ``summary`` is one human-readable line."""
 
@@ -116,6 +124,7 @@ class RunFinished:
 Event = (
     Progress
     | LogLine
+    | StageStarted
     | StageDone
     | RunStarted
     | StepMetrics
