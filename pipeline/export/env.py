@@ -80,9 +80,7 @@ def worker_environ() -> dict[str, str]:
     """The environment for a worker subprocess: this checkout first on ``PYTHONPATH`` (so
     ``python -m pipeline.export.worker`` imports this code), unbuffered output, quiet TF."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("CUDA_VISIBLE_DEVICES", "")  # the converter runs on the CPU
@@ -156,7 +154,9 @@ def create_export_env(
             hint=f"Check the network access to the package index and the free disk space "
             f"({SIZE_HINT}), then run `{CREATE_COMMAND}` again.",
         )
-    on_event(StageDone("export-env", f"export environment ready: {target}", time.perf_counter() - start))
+    on_event(
+        StageDone("export-env", f"export environment ready: {target}", time.perf_counter() - start)
+    )
     return target / "bin" / "python"
 
 

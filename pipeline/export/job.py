@@ -147,10 +147,14 @@ def check_options(options: ExportOptions) -> ExportOptions:
             f"unsupported quantization {options.quant!r}.{_closest(options.quant, QUANTS)} "
             f"Choose one of: {', '.join(QUANTS)}"
         )
-    formats = tuple(dict.fromkeys(f.strip().lower().lstrip(".") for f in options.formats if f.strip()))
+    formats = tuple(
+        dict.fromkeys(f.strip().lower().lstrip(".") for f in options.formats if f.strip())
+    )
     bad = [f for f in formats if f not in FORMATS]
     if bad:
-        problems.append(f"unknown format {', '.join(map(repr, bad))}; choose from {', '.join(FORMATS)}")
+        problems.append(
+            f"unknown format {', '.join(map(repr, bad))}; choose from {', '.join(FORMATS)}"
+        )
     if not formats:
         problems.append(f"no output format; choose from {', '.join(FORMATS)}")
     prefill = tuple(sorted({int(n) for n in options.prefill_lens}))
@@ -159,7 +163,9 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if options.kv_len < 16:
         problems.append(f"KV-cache length {options.kv_len} is too small (at least 16)")
     elif prefill and max(prefill) > options.kv_len:
-        problems.append(f"prefill length {max(prefill)} exceeds the KV-cache length {options.kv_len}")
+        problems.append(
+            f"prefill length {max(prefill)} exceeds the KV-cache length {options.kv_len}"
+        )
     if options.min_agreement is not None and not 0.0 <= options.min_agreement <= 1.0:
         problems.append(f"--min-agreement {options.min_agreement} is not between 0 and 1")
     if options.max_new_tokens < 1:
@@ -272,7 +278,9 @@ class ExportSource:
 
 
 def resolve_source(
-    run: str | os.PathLike[str], checkpoint: int | str | None = None, workspace: Workspace | None = None
+    run: str | os.PathLike[str],
+    checkpoint: int | str | None = None,
+    workspace: Workspace | None = None,
 ) -> ExportSource:
     """The run and checkpoint to export: ``checkpoint`` None takes ``final/`` or else the
     newest usable step; an int or "step-000200" picks that step; "final" the final one.
@@ -425,8 +433,8 @@ def _merge_and_reference(
     import numpy as np
 
     from pipeline.export.hf_checkpoint import save_hf_checkpoint
-    from pipeline.models.lora import keras_kernel_path, merge_into_backbone
     from pipeline.models.loader import load_model
+    from pipeline.models.lora import keras_kernel_path, merge_into_backbone
     from pipeline.training.checkpoint import load_checkpoint
 
     with _Stage("merge", on_event, f"{source.checkpoint.name} into {source.model_source}") as st:
@@ -447,7 +455,9 @@ def _merge_and_reference(
         from pipeline.models.gemma3_jax import logits, params_from_backbone
 
         variables = {v.path: v for v in backbone.weights}
-        targets = [keras_kernel_path(i, t) for i in range(meta.arch.num_layers) for t in meta.targets]
+        targets = [
+            keras_kernel_path(i, t) for i in range(meta.arch.num_layers) for t in meta.targets
+        ]
         before = {p: np.array(variables[p].value) for p in targets if p in variables}
         base_params = params_from_backbone(backbone)
         merge_into_backbone(backbone, ckpt.adapter, meta)
@@ -458,7 +468,9 @@ def _merge_and_reference(
             for t in meta.targets
             if np.any(np.asarray(ckpt.adapter["layers"][i][t]["b"]) != 0)
         }
-        changed = {p for p in targets if not np.array_equal(before[p], np.array(variables[p].value))}
+        changed = {
+            p for p in targets if not np.array_equal(before[p], np.array(variables[p].value))
+        }
         if nonzero_b - changed:
             raise ExportError(
                 f"the merge left {len(nonzero_b - changed)} trained kernel(s) unchanged "
@@ -466,7 +478,9 @@ def _merge_and_reference(
             )
         import jax.numpy as jnp
 
-        probe = jnp.asarray([_prompt_ids(tokenizer, options.prompts[0] if options.prompts else "Hi")])
+        probe = jnp.asarray(
+            [_prompt_ids(tokenizer, options.prompts[0] if options.prompts else "Hi")]
+        )
         with_lora = logits(base_params, ckpt.adapter, probe, arch=arch, lora_scale=meta.scale)
         merged = logits(merged_params, None, probe, arch=arch)
         diff = float(jnp.max(jnp.abs(with_lora - merged)))
@@ -498,7 +512,9 @@ def _merge_and_reference(
         from pipeline.models.tokenizer import END_OF_TURN_ID, EOS_ID
         from pipeline.training.generate import greedy_ids
 
-        with _Stage("reference", on_event, f"{len(options.prompts)} prompts, greedy, JAX float32") as st:
+        with _Stage(
+            "reference", on_event, f"{len(options.prompts)} prompts, greedy, JAX float32"
+        ) as st:
             for i, prompt in enumerate(options.prompts):
                 ids = _prompt_ids(tokenizer, prompt)
                 if len(ids) + options.max_new_tokens > options.kv_len:
@@ -506,7 +522,14 @@ def _merge_and_reference(
                         f"verification prompt {i + 1} ({len(ids)} tokens) plus "
                         f"{options.max_new_tokens} new tokens exceeds the KV cache of {options.kv_len}"
                     )
-                out = greedy_ids(merged_params, None, ids, arch=arch, max_new_tokens=options.max_new_tokens, stop_ids=())
+                out = greedy_ids(
+                    merged_params,
+                    None,
+                    ids,
+                    arch=arch,
+                    max_new_tokens=options.max_new_tokens,
+                    stop_ids=(),
+                )
                 cut = next((j for j, t in enumerate(out) if t in (EOS_ID, END_OF_TURN_ID)), None)
                 refs.append(
                     Reference(
@@ -754,7 +777,11 @@ def export_run(
     estimate = estimate_export(arch_guess, opts.quant, opts.kv_len) if arch_guess else None
     if opts.check_memory and estimate is not None:
         check_memory(estimate)
-    on_event(LogLine(f"Exporting {source.checkpoint} ({opts.quant}, {', '.join(opts.formats)}) to {final}"))
+    on_event(
+        LogLine(
+            f"Exporting {source.checkpoint} ({opts.quant}, {', '.join(opts.formats)}) to {final}"
+        )
+    )
     with _Stage("tools", on_event, str(env.python)) as st:
         check_export_env(env)
         st.summary = f"export tools ready ({env.origin})"
@@ -827,8 +854,20 @@ def export_run(
         (tmp / "plan.json").unlink(missing_ok=True)
         status = "ok" if report is None or report.passed else "failed"
         manifest = _manifest(
-            source, opts, arch, base_description, merge, versions, files, tmp, report, status,
-            stages, peak, estimate, files_hf is not None,
+            source,
+            opts,
+            arch,
+            base_description,
+            merge,
+            versions,
+            files,
+            tmp,
+            report,
+            status,
+            stages,
+            peak,
+            estimate,
+            files_hf is not None,
         )
         _write_json(tmp / MANIFEST, manifest)
         _install(tmp, final, opts.force)
@@ -921,7 +960,11 @@ def _manifest(
             "profile": source.profile_name,
             "adapter_sha256": _sha256(source.checkpoint / "adapter.npz"),
         },
-        "base_model": {"source": source.model_source, "description": base_description, "arch": arch.name},
+        "base_model": {
+            "source": source.model_source,
+            "description": base_description,
+            "arch": arch.name,
+        },
         "merge": merge,
         "quantization": opts.quant,
         "prefill_lengths": list(opts.prefill_lens),
@@ -964,6 +1007,64 @@ def _install(tmp: Path, final: Path, force: bool) -> None:
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_replies(
+    bundle: str | os.PathLike[str],
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int = 128,
+    kv_len: int | None = None,
+    workspace: Workspace | None = None,
+    on_event: EventSink = ignore_event,
+    should_stop: StopCheck = never_stop,
+) -> list[str]:
+    """Greedy replies of an exported ``.task`` or ``.litertlm`` to ``texts`` on the CPU
+    (LiteRT-LM's engine, in the export environment; each text a fresh conversation)."""
+    from pipeline.export.bundle import check_litertlm, check_task
+
+    path = Path(bundle)
+    if path.suffix == ".task":
+        check_task(path)
+    elif path.suffix == ".litertlm":
+        check_litertlm(path)
+    else:
+        raise ExportError(f"{path} is neither a .task nor a .litertlm bundle")
+    if kv_len is None:
+        try:
+            kv_len = int(read_manifest(path.parent).get("kv_cache_length", 1280))
+        except ExportError:
+            kv_len = 1280
+    ws = workspace or Workspace.default()
+    cache = ws.cache_dir / "litert-lm"
+    with tempfileless(ws.exports_dir) as tmp:
+        plan = {
+            "mode": "generate",
+            "bundle": str(path.resolve()),
+            "texts": list(texts),
+            "max_new_tokens": max_new_tokens,
+            "kv_len": kv_len,
+            "cache_dir": str(cache),
+        }
+        est = ExportEstimate(0, 0, 0, 0.0, 0)
+        _, generated, _ = _run_worker(
+            plan, tmp / "plan.json", tmp / "generate.log", on_event, should_stop, {}, est
+        )
+    if not generated:
+        raise ExportError(f"LiteRT-LM returned nothing for {path.name}")
+    return [str(r.get("text", "")) for r in generated[0]["results"]]
+
+
+@contextlib.contextmanager
+def tempfileless(parent: Path) -> Any:
+    """A private temporary folder under ``parent`` (removed afterwards)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-run-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 DEFAULT_PROMPTS = (
@@ -99,7 +99,11 @@ class VerifyReport:
         """One line: agreement per runtime and the verdict."""
         parts = [
             f"{r.bundle}/{r.runtime} {r.agreement:.1%}"
-            + (f", stop {r.stop_pass}/{r.stop_pass + r.stop_fail}" if r.stop_pass + r.stop_fail else "")
+            + (
+                f", stop {r.stop_pass}/{r.stop_pass + r.stop_fail}"
+                if r.stop_pass + r.stop_fail
+                else ""
+            )
             for r in self.runtimes
         ]
         verdict = "passed" if self.passed else "FAILED"
@@ -142,6 +146,53 @@ def compare(
     )
 
 
+def compare_text(
+    ref: Reference,
+    text: str,
+    *,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[Sequence[int]], str],
+) -> PromptResult:
+    """Compare a runtime that returns text (LiteRT-LM's engine) with the reference ids.
+
+    The text is compared, not re-encoded ids: the engine drops tokens that print nothing
+    (``<unusedN>``, control tokens) and an incomplete UTF-8 tail, so ids made from its text
+    can differ where the reply does not. Agreement counts the reference tokens whose text the
+    reply reproduces in order (all of them when the texts are equal). The stop test applies
+    when the reference ended by itself and the reply reproduces it: the reply must then end
+    exactly there (the engine stopped at the bundle's stop token instead of running on)."""
+    expected = list(ref.ids)
+    expected_text = decode(expected)
+    got = encode(text) if text else []
+    if text == expected_text:
+        matched = len(expected)
+        first = None
+    else:
+        matched = 0
+        while matched < len(expected) and text.startswith(decode(expected[: matched + 1])):
+            matched += 1
+        first = matched
+    n = max(len(expected), len(got), 1)
+    agreement = 1.0 if text == expected_text else matched / n
+    reproduces = text.startswith(expected_text)
+    if ref.stopped is None or not reproduces:
+        stop_test = "n/a"
+    else:
+        stop_test = "pass" if text == expected_text else "fail"
+    return PromptResult(
+        prompt=ref.prompt,
+        expected=tuple(expected),
+        got=tuple(got),
+        agreement=agreement,
+        first_divergence=first,
+        expected_stop=ref.stopped is not None,
+        got_stop=stop_test == "pass",
+        stop_test=stop_test,
+        expected_text=expected_text,
+        got_text=text,
+    )
+
+
 def runtime_report(
     bundle: str,
     runtime: str,
@@ -159,27 +210,11 @@ def runtime_report(
     for ref, res in zip(refs, results, strict=True):
         if "ids" in res:
             got = [int(i) for i in res["ids"]]
-            stopped = res.get("stopped") is not None
-            text = decode(got)
+            r = compare(ref, got, res.get("stopped") is not None, max_new_tokens=max_new_tokens)
+            r = replace(r, expected_text=decode(list(ref.ids)), got_text=decode(got))
         else:
-            text = str(res.get("text", ""))
-            got = encode(text) if text else []
-            # The engine stops at the bundle's stop tokens or at max_new_tokens; fewer tokens
-            # than the limit means it stopped by itself.
-            stopped = len(got) < max_new_tokens
-        r = compare(ref, got, stopped, max_new_tokens=max_new_tokens)
-        prompts.append(
-            PromptResult(
-                **{
-                    **asdict(r),
-                    "expected": r.expected,
-                    "got": r.got,
-                    "expected_text": decode(list(ref.ids)),
-                    "got_text": text,
-                    "seconds": res.get("total_s"),
-                }
-            )
-        )
+            r = compare_text(ref, str(res.get("text", "")), encode=encode, decode=decode)
+        prompts.append(replace(r, seconds=res.get("total_s")))
     total = sum(max(len(p.expected), len(p.got), 1) for p in prompts)
     agree = sum(p.agreement * max(len(p.expected), len(p.got), 1) for p in prompts)
     agreement = agree / total if total else 1.0
@@ -229,7 +264,11 @@ def report_markdown(report: VerifyReport) -> str:
     for r in report.runtimes:
         lines += ["", f"## {r.bundle} / {r.runtime}", ""]
         for p in r.prompts:
-            div = "identical" if p.first_divergence is None else f"first divergence at token {p.first_divergence}"
+            div = (
+                "identical"
+                if p.first_divergence is None
+                else f"first divergence at token {p.first_divergence}"
+            )
             lines.append(
                 f"- {p.prompt!r}: {p.agreement:.0%} ({div}; stop {p.stop_test})\n"
                 f"  - expected: {json.dumps(p.expected_text)}\n"

@@ -206,7 +206,10 @@ def load_model(plan: dict[str, Any], rss: PeakRss) -> Any:
         if plan["quant"].startswith("dynamic_int4"):
             changed = fix_zero_rows(model)
             if changed:
-                emit("log", message="INT4: replaced all-zero rows with 1e-6 noise: " + "; ".join(changed))
+                emit(
+                    "log",
+                    message="INT4: replaced all-zero rows with 1e-6 noise: " + "; ".join(changed),
+                )
         st.info["parameters"] = sum(p.numel() for p in model.parameters())
     return model
 
@@ -281,9 +284,10 @@ def bundle_litertlm(plan: dict[str, Any], tflite: Path, rss: PeakRss) -> Path:
     out = work / f"{plan['name']}.litertlm"
     t = plan["template"]
     with Stage("bundle_litertlm", rss, detail=out.name) as st:
-        with tempfile.TemporaryDirectory(dir=work) as tmp, tempfile.TemporaryDirectory(
-            dir=work
-        ) as dest:
+        with (
+            tempfile.TemporaryDirectory(dir=work) as tmp,
+            tempfile.TemporaryDirectory(dir=work) as dest,
+        ):
             litertlm_builder.build_litertlm(
                 tflite_model_path=str(tflite),
                 workdir=tmp,
@@ -458,7 +462,9 @@ def run_engine(path: Path, texts: list[str], max_new: int, kv_len: int, cache: P
 
 def verify_engine(plan: dict[str, Any], bundle: Path, kind: str, rss: PeakRss) -> None:
     v = plan["verify"]
-    with Stage(f"verify_{kind}_engine", rss, detail=f"LiteRT-LM engine, {len(v['texts'])} prompts") as st:
+    with Stage(
+        f"verify_{kind}_engine", rss, detail=f"LiteRT-LM engine, {len(v['texts'])} prompts"
+    ) as st:
         replies = run_engine(
             bundle,
             list(v["texts"]),
@@ -468,6 +474,29 @@ def verify_engine(plan: dict[str, Any], bundle: Path, kind: str, rss: PeakRss) -
         )
         st.info["runtime"] = "litert_lm.Engine"
         emit("generated", bundle=kind, runtime="litert_lm", results=replies)
+
+
+def generate(plan: dict[str, Any], rss: PeakRss) -> int:
+    """``{"mode": "generate", "bundle", "texts", "max_new_tokens", "kv_len", "cache_dir"}``:
+    LiteRT-LM's greedy reply to each text (a fresh conversation each)."""
+    bundle = Path(plan["bundle"])
+    try:
+        with Stage("generate", rss, detail=bundle.name):
+            replies = run_engine(
+                bundle,
+                list(plan["texts"]),
+                int(plan["max_new_tokens"]),
+                int(plan["kv_len"]),
+                Path(plan["cache_dir"]),
+            )
+            emit(
+                "generated", bundle=bundle.suffix.lstrip("."), runtime="litert_lm", results=replies
+            )
+    except Exception:
+        emit("done", ok=False, peak_rss=rss.max())
+        return 1
+    emit("done", ok=True, peak_rss=rss.max())
+    return 0
 
 
 def versions() -> dict[str, str]:
@@ -499,6 +528,8 @@ def main(argv: list[str]) -> int:
     plan = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rss = PeakRss()
     emit("hello", pid=os.getpid(), python=sys.version.split()[0], versions=versions())
+    if plan.get("mode") == "generate":
+        return generate(plan, rss)
     try:
         model = load_model(plan, rss)
         tflite = convert(plan, model, rss)
@@ -518,7 +549,9 @@ def main(argv: list[str]) -> int:
                     v = plan["verify"]
                     loop = TfliteLoop(str(tflite), int(v.get("threads", 2)))
                     stop = set(int(i) for i in plan["stop_ids"])
-                    res = [loop.greedy(list(p), int(v["max_new_tokens"]), stop) for p in v["prompts"]]
+                    res = [
+                        loop.greedy(list(p), int(v["max_new_tokens"]), stop) for p in v["prompts"]
+                    ]
                     emit("generated", bundle="tflite", runtime="interpreter", results=res)
         if "tflite" not in plan["formats"]:
             tflite.unlink()
