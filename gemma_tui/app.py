@@ -23,6 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from gemma_tui.screens.dataset import DatasetScreen
+from gemma_tui.screens.export import ExportScreen
 from gemma_tui.screens.help import HelpScreen, HelpSection, describe_bindings
 from gemma_tui.screens.job_screen import JobScreen
 from gemma_tui.screens.modals import ConfirmModal
@@ -47,7 +48,8 @@ MODES: tuple[Mode, ...] = (
     Mode("dataset", "Dataset", "1", lambda app: DatasetScreen(app.initial_source)),
     Mode("train", "Train", "2", lambda app: TrainScreen()),
     Mode("runs", "Runs", "3", lambda app: RunsScreen()),
-    # Mode("export", "Export", "4", ...), Mode("chat", "Chat", "5", ...)
+    Mode("export", "Export", "4", lambda app: ExportScreen()),
+    # Mode("chat", "Chat", "5", ...)
 )
 
 

@@ -6,7 +6,7 @@ progress and results, and maps errors to exit codes. It holds no logic of its ow
 Exit codes: 0 success; 1 invalid data found (rows rejected, profile problems) or a training
 run failed; 2 usage or environment errors (bad arguments, missing files, unreadable input);
 130 interrupted (a training run stopped by Ctrl+C). `train` and `runs` live in
-:mod:`gemma_tui.cli_train`.
+:mod:`gemma_tui.cli_train`, `export` and its kin in :mod:`gemma_tui.cli_export`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemma_tui import cli_train
+from gemma_tui import cli_export, cli_train
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -566,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile_validate)
 
     cli_train.add_commands(commands)
+    cli_export.add_commands(commands)
     return parser
 
 

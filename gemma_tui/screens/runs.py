@@ -8,7 +8,7 @@ run); the table is rebuilt only when runs appear or go.
 Enter opens a run (:class:`~gemma_tui.screens.runs_detail.RunDetailScreen`, which follows a
 running run live); space marks runs and ``c`` compares the marked ones on one plot; ``r``
 resumes a stopped run (here or detached), ``s`` asks a running run to stop, ``d`` deletes a
-run that no process holds. Nothing here writes a run except ``request_stop`` and the delete.
+run that no process holds, ``e`` opens the Export screen (4) on the run. Nothing here writes a run except ``request_stop`` and the delete.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class RunsScreen(RunActions):
         Binding("r", "resume", "Resume"),
         Binding("s", "stop", "Stop"),
         Binding("d", "delete", "Delete"),
+        Binding("e", "export", "Export", tooltip="Export this run (the Export screen, 4)"),
         Binding("ctrl+r,f5", "refresh", "Refresh", key_display="^r"),
     ]
 
@@ -292,6 +293,18 @@ class RunsScreen(RunActions):
     def _row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_open()
+
+    async def action_export(self) -> None:
+        from gemma_tui.screens.export import ExportScreen
+
+        run = self.selected_run()
+        if run is None:
+            self.notify("No run to export yet.", severity="warning")
+            return
+        await self.app.switch_mode("export")
+        screen = self.app.screen
+        if isinstance(screen, ExportScreen):
+            screen.select_run(run.path)
 
     def action_mark(self) -> None:
         run = self.selected_run()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,26 @@ MAKE_SCRIPT = PROJECT_ROOT / "scripts" / "make_export_env.sh"
 SIZE_HINT = "about 4.5 GB of disk and 3-6 minutes"
 CREATE_COMMAND = "gemma-tui export-env"
 
-_CHECK = (
-    "import torch, litert_torch, ai_edge_litert, litert_lm, sentencepiece\n"
-    "from mediapipe.tasks.python.genai import bundler\n"
-    "from litert_torch.generative.utilities import converter, litertlm_builder\n"
+REQUIRED_MODULES = (
+    "torch",
+    "tensorflow",
+    "litert_torch",
+    "ai_edge_litert",
+    "litert_lm",
+    "sentencepiece",
+    "mediapipe",
 )
+_CHECK = (
+    "import importlib.util, sys\n"
+    "def found(m):\n"
+    "    try:\n"
+    "        return importlib.util.find_spec(m) is not None\n"
+    "    except ImportError:\n"
+    "        return False\n"
+    "missing = [m for m in sys.argv[1:] if not found(m)]\n"
+    "if missing: sys.exit('missing: ' + ', '.join(missing))\n"
+)
+"""Finds the modules without importing them (importing TensorFlow alone takes ~10 s)."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +102,13 @@ def worker_environ() -> dict[str, str]:
     return env
 
 
-def check_export_env(env: ExportEnv | None = None, timeout: float = 300.0) -> None:
-    """Import the export tools in the environment; :class:`ExportError` with the import
-    error if one is missing or broken."""
+def check_export_env(env: ExportEnv | None = None, timeout: float = 120.0) -> None:
+    """Check that the environment's python runs and has the export tools;
+    :class:`ExportError` naming what is missing otherwise."""
     env = env or require_export_env()
     try:
         proc = subprocess.run(
-            [str(env.python), "-c", _CHECK],
+            [str(env.python), "-c", _CHECK, *REQUIRED_MODULES],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -159,7 +173,3 @@ def create_export_env(
     )
     return target / "bin" / "python"
 
-
-def main_python() -> str:
-    """This interpreter (for messages)."""
-    return sys.executable

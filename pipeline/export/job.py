@@ -135,7 +135,9 @@ class ExportOptions:
 
 
 def _closest(value: str, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(value, choices, n=1)
+    near = [c for c in choices if value and value.lower() in c] or difflib.get_close_matches(
+        value, choices, n=1
+    )
     return f" Did you mean {near[0]!r}?" if near else ""
 
 
@@ -206,10 +208,10 @@ def parameter_count(arch: GemmaArch) -> int:
     return arch.vocabulary_size * d + arch.num_layers * per_layer + d
 
 
-RAM_FIXED = 1.7 * 2**30
-RAM_PER_F32_BYTE = 4.6
+RAM_FIXED = 1.6e9
+RAM_PER_F32_BYTE = 5.0
 """Converter peak = fixed + factor x the float32 weights; fitted to the measured 1B
-(20.1 GiB) and 270M runs (bench/results/export.md)."""
+(20.1 GiB = 21.6 GB) and 270M (6.5 GiB) runs (bench/results/export.md)."""
 
 
 def estimate_export(arch: GemmaArch, quant: str, kv_len: int = 1280) -> ExportEstimate:
@@ -338,6 +340,7 @@ def resolve_source(
         )
     if not info.ok:
         raise ExportError(f"checkpoint {folder} is damaged: {info.problem}")
+    _check_peft_file(folder)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     source, profile_name = "embedded", ""
     if (folder / PROFILE_TOML).is_file():
@@ -442,7 +445,6 @@ def _merge_and_reference(
             ckpt = load_checkpoint(source.checkpoint)
         except PipelineError as exc:
             raise ExportError(exc.message, hint=exc.hint) from exc
-        _check_peft_file(source.checkpoint)
         model = load_model(
             source.model_source,
             dtype="float32",
@@ -520,7 +522,8 @@ def _merge_and_reference(
                 if len(ids) + options.max_new_tokens > options.kv_len:
                     raise ExportError(
                         f"verification prompt {i + 1} ({len(ids)} tokens) plus "
-                        f"{options.max_new_tokens} new tokens exceeds the KV cache of {options.kv_len}"
+                        f"{options.max_new_tokens} new tokens exceeds the KV cache of "
+                        f"{options.kv_len}"
                     )
                 out = greedy_ids(
                     merged_params,
@@ -873,7 +876,7 @@ def export_run(
         _install(tmp, final, opts.force)
         failed_log.unlink(missing_ok=True)
     except BaseException as exc:
-        if log_path.exists():
+        if log_path.exists() and not isinstance(exc, JobCancelled):
             with contextlib.suppress(OSError):
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(f"\n[gemma-tui] export failed: {exc!r}\n")

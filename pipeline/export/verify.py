@@ -246,7 +246,8 @@ def report_markdown(report: VerifyReport) -> str:
         "# Verification",
         "",
         f"Quantization `{report.quant}`, greedy, up to {report.max_new_tokens} new tokens; "
-        f"threshold {report.threshold:.0%} mean token agreement with the merged model (JAX, float32).",
+        f"threshold {report.threshold:.0%} mean token agreement with the merged model "
+        "(JAX, float32).",
         "",
         f"**{'PASSED' if report.passed else 'FAILED'}**",
         "",

@@ -23,6 +23,8 @@ log. It imports only the standard library and numpy at module level: the heavy p
 load inside the stages, so a missing one is reported as an event, not a traceback.
 """
 
+# pyright: reportMissingImports=false
+# (litert-torch, torch, mediapipe and litert_lm live in the export environment only)
 from __future__ import annotations
 
 import json
@@ -107,7 +109,7 @@ class Stage:
         emit("stage", stage=self.name, status="start", detail=self.detail)
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         seconds = time.perf_counter() - self.start
         if exc is None:
             emit(
@@ -118,7 +120,7 @@ class Stage:
                 peak_rss=self.rss.max(),
                 **self.info,
             )
-            return False
+            return
         emit(
             "stage",
             stage=self.name,
@@ -127,7 +129,6 @@ class Stage:
             error=f"{type(exc).__name__}: {exc}",
             traceback="".join(traceback.format_exception(exc_type, exc, tb))[-4000:],
         )
-        return False
 
 
 # --------------------------------------------------------------------------- load
@@ -381,7 +382,8 @@ class TfliteLoop:
         np = self.np
         if len(prompt) + max_new > self.kv_len:
             raise ValueError(
-                f"prompt of {len(prompt)} tokens + {max_new} new exceeds the KV cache of {self.kv_len}"
+                f"prompt of {len(prompt)} tokens + {max_new} new exceeds the KV cache of "
+                f"{self.kv_len}"
             )
         self.reset()
         start = time.perf_counter()
