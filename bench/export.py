@@ -122,7 +122,8 @@ def machine() -> dict[str, Any]:
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        have = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())  # type: ignore[union-attr]
+        found = re.search(r"^flags\s*:(.*)$", text, re.M)
+        have = set(found.group(1).split()) if found else set()
         flags = " ".join(
             f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "f16c") if f in have
         )
@@ -155,6 +156,54 @@ def mem_available() -> int | None:
     except OSError:
         return None
     return None
+
+
+def _cpu_busy_s() -> float:
+    """CPU seconds all processes have been busy since boot (/proc/stat, every core)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    ticks = [int(x) for x in fields[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+class OtherLoad:
+    """``with OtherLoad() as w:`` around a measured child process: ``w.cores`` is the CPU
+    that other processes used meanwhile (cores on average: the machine's busy time less what
+    this script's finished children used), so a contended number can be recognised."""
+
+    def __enter__(self) -> OtherLoad:
+        self.t0, self.b0, self.c0 = time.perf_counter(), _cpu_busy_s(), _children_cpu_s()
+        self.cores = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.t0
+        busy = _cpu_busy_s() - self.b0
+        ours = _children_cpu_s() - self.c0
+        self.cores = max(0.0, (busy - ours) / wall) if wall > 0 else 0.0
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` cores over
+    a 3 s sample; returns the last sample."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        with OtherLoad() as w:
+            time.sleep(3)
+        if w.cores < threshold or time.perf_counter() >= deadline:
+            return w.cores
+        log(f"  other processes use {w.cores:.1f} cores; waiting for a quieter machine")
+        time.sleep(12)
 
 
 # --------------------------------------------------------------------------- prepare (child)
@@ -292,8 +341,9 @@ def convert(
     if Path("/usr/bin/time").exists():
         cmd = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd]
     rec: dict[str, Any] = {"stages": {}, "files": {}, "name": name}
+    rec["others_before"] = wait_quiet(args.quiet_wait)
     start = time.perf_counter()
-    with open(qdir / "worker.log", "w", encoding="utf-8") as logf:
+    with OtherLoad() as load, open(qdir / "worker.log", "w", encoding="utf-8") as logf:
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
@@ -335,6 +385,7 @@ def convert(
                 rec["peak_rss"] = event.get("peak_rss")
         code = proc.wait()
     rec["wall_s"] = time.perf_counter() - start
+    rec["others_cores"] = load.cores
     rec["exit_code"] = code
     if code != 0 and "error" not in rec:
         rec["error"] = f"worker exited with {code} (killed by the OOM killer?)"
@@ -372,16 +423,18 @@ def run_runtime(python: Path, mode: str, spec: dict[str, Any], timeout: float = 
     env["CUDA_VISIBLE_DEVICES"] = ""
     env.pop("VIRTUAL_ENV", None)
     start = time.perf_counter()
+    load = OtherLoad()
     try:
-        proc = subprocess.run(
-            [str(python), str(RUNTIME), mode, spec_path],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            cwd=REPO,
-            env=env,
-            timeout=timeout,
-        )
+        with load:
+            proc = subprocess.run(
+                [str(python), str(RUNTIME), mode, spec_path],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                cwd=REPO,
+                env=env,
+                timeout=timeout,
+            )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     finally:
@@ -390,6 +443,7 @@ def run_runtime(python: Path, mode: str, spec: dict[str, Any], timeout: float = 
         if line.startswith(MARK_RUNTIME):
             res = json.loads(line[len(MARK_RUNTIME) :])
             res["process_wall_s"] = time.perf_counter() - start
+            res["others_cores"] = load.cores
             return res
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
@@ -421,6 +475,7 @@ def measure_bundles(
             out[key] = {"error": f"{path.name} missing"}
             continue
         log(f"  {key}: {mode} on {path.name}")
+        wait_quiet(args.quiet_wait)
         res = run_runtime(args.export_python, mode, {**base, "model": str(path)})
         out[key] = res
         if "error" in res:
@@ -443,6 +498,7 @@ def measure_llama(gguf: Path, ids: list[int], args: argparse.Namespace) -> dict[
         "runs": args.runs,
     }
     log(f"llama.cpp on {gguf.name}")
+    wait_quiet(args.quiet_wait)
     res = run_runtime(args.llama_python, "llama", spec)
     res["file"] = gguf.name
     res["bytes"] = gguf.stat().st_size
@@ -491,6 +547,17 @@ TITLES = {
 }
 
 
+CONTENDED = 0.3
+"""Cores used by other processes during a measurement from which it is marked contended."""
+
+
+def val(r: dict[str, Any], key: str, fmt: str = "{:.1f}") -> str:
+    """``r[key]`` formatted, with * when the measurement ran contended."""
+    text = num(r.get(key), fmt)
+    contended = (r.get("others_cores") or 0.0) >= CONTENDED
+    return text + ("\\*" if contended and text != "—" else "")
+
+
 def todo(model: str, quant: str) -> str:
     return (
         f"not measured yet: run `.venv/bin/python bench/export.py --model {model} --quant {quant}`"
@@ -517,7 +584,8 @@ def render(results: dict[str, Any]) -> str:
         "noise; XNNPACK refuses a zero INT4 scale).",
         "- **Decode**: each runtime in a fresh process, CPU, 2 threads, greedy, the same prompt "
         "(the Gemma 3 turn template around one user message), exactly N new tokens (stop tokens "
-        "ignored), two runs per process; the second (warm) run is reported. *TTFT* = time to "
+        "ignored), three runs per process; the median of the two warm runs is reported. "
+        "*TTFT* = time to "
         "first token: from the start of the prompt to the first generated token (prefill + the "
         "first logits). *decode tok/s* = the tokens after the first over the time after the "
         "first. LiteRT-LM: `litert_lm.Benchmark` (the engine's own timers; prefill tokens = the "
@@ -526,6 +594,10 @@ def render(results: dict[str, Any]) -> str:
         "step) on the .tflite. llama.cpp: `llama-cpp-python` (built from source with "
         "`GGML_NATIVE=ON`, `bash bench/make_bench_llama_env.sh`), the same prompt ids, argmax of "
         "the logits after each `eval`.",
+        "- **Background load**: before each measurement the script waits (up to 5 min) for "
+        "other processes to use under 0.3 cores; *others* = the cores other processes used on "
+        "average during the measurement (/proc/stat less this script's children). A number "
+        "marked * ran with others ≥ 0.3 cores: contended, read it as a lower bound.",
         "",
     ]
     for model in MODELS:
@@ -583,17 +655,17 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
         rt = rec.get("runtimes", {})
         lm, task, it = rt.get("litertlm", {}), rt.get("task", {}), rt.get("interp", {})
         lines.append(
-            f"| {q} | {mb(c.get('files', {}).get('litertlm'))} | {num(c.get('convert_s'))} | "
-            f"{gib(c.get('peak_rss'))} | {num(lm.get('decode_tok_s'))} | "
-            f"{num(lm.get('ttft_s'), '{:.3f}')} | {num(task.get('decode_tok_s'))} | "
-            f"{num(it.get('decode_tok_s'))} | {num(it.get('ttft_s'), '{:.3f}')} |"
+            f"| {q} | {mb(c.get('files', {}).get('litertlm'))} | {val(c, 'convert_s')} | "
+            f"{gib(c.get('peak_rss'))} | {val(lm, 'decode_tok_s')} | "
+            f"{val(lm, 'ttft_s', '{:.3f}')} | {val(task, 'decode_tok_s')} | "
+            f"{val(it, 'decode_tok_s')} | {val(it, 'ttft_s', '{:.3f}')} |"
         )
     llama = entry.get("llama")
     if llama and "error" not in llama:
         lines.append(
             f"| llama.cpp Q4_K_M GGUF (`{llama.get('file')}`) | {mb(llama.get('bytes'))} (.gguf) | "
-            f"— | {gib(llama.get('rss_peak'))} (runtime) | {num(llama.get('decode_tok_s'))} | "
-            f"{num(llama.get('ttft_s'), '{:.3f}')} | — | — | — |"
+            f"— | {gib(llama.get('rss_peak'))} (runtime) | {val(llama, 'decode_tok_s')} | "
+            f"{val(llama, 'ttft_s', '{:.3f}')} | — | — | — |"
         )
     elif llama:
         lines.append(f"| llama.cpp Q4_K_M GGUF | failed: {llama['error'][:200]} | | | | | | | |")
@@ -625,9 +697,9 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
         "",
         "| quant | .tflite | .task | .litertlm | load s | convert s | bundle .task s | "
         "bundle .litertlm s | worker wall s | peak RSS GiB | `time -v` max RSS GiB | "
-        "estimate MB | estimate RSS GiB | estimate min |",
+        "estimate MB | estimate RSS GiB | estimate min | others (cores) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-        "---: | ---: |",
+        "---: | ---: | ---: |",
     ]
     for q in order:
         rec = quants.get(q)
@@ -646,17 +718,18 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
             f"{sec('load')} | {sec('convert')} | {sec('bundle_task')} | {sec('bundle_litertlm')} | "
             f"{num(c.get('wall_s'))} | {gib(c.get('peak_rss'))} | {gib(c.get('time_v_max_rss'))} | "
             f"{mb(est.get('file_bytes'))} | {gib(est.get('peak_ram_bytes'))} | "
-            f"{num(est.get('minutes'))} |"
+            f"{num(est.get('minutes'))} | {num(c.get('others_cores'), '{:.2f}')} |"
         )
     lines.append("")
     # ---- runtime detail
     lines += [
-        "Decode detail (warm run; *first run* = the same process's first run, which packs the "
-        "weights for XNNPACK and, for LiteRT-LM, writes them to its cache):",
+        "Decode detail (median of the warm runs; *first run* = the process's first run, which "
+        "packs the weights for XNNPACK and, for LiteRT-LM, writes them to its cache):",
         "",
         "| quant | runtime | decode tok/s | TTFT s | prefill tok/s | first run TTFT s | "
-        "init / load s | process RSS GiB | greedy ids = llama.cpp's (first n of N) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "init / load s | process RSS GiB | others (cores) | greedy ids = llama.cpp's "
+        "(first n of N) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     llama_ids = (llama or {}).get("ids")
     for q in order:
@@ -673,12 +746,15 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
                 continue
             first = (r.get("runs") or [{}])[0]
             agree = common_prefix(r.get("ids"), llama_ids)
+            n_ids = len(r.get("ids") or [])
+            same = "—" if agree is None else f"{agree} of {n_ids}"
             lines.append(
                 f"| {q} | {label} | {num(r.get('decode_tok_s'))} | "
                 f"{num(r.get('ttft_s'), '{:.3f}')} | {num(r.get('prefill_tok_s'))} | "
                 f"{num(first.get('ttft_s'), '{:.3f}')} | "
                 f"{num(r.get('init_s', r.get('load_s')), '{:.2f}')} | {gib(r.get('rss_peak'))} | "
-                f"{'—' if agree is None else f'{agree} of {len(r.get('ids') or [])}'} |"
+                f"{num(r.get('others_cores'), '{:.2f}')} | "
+                f"{same} |"
             )
     if llama and "error" not in llama:
         first = (llama.get("runs") or [{}])[0]
@@ -689,7 +765,8 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
             f"| Q4_K_M | llama.cpp | {num(llama.get('decode_tok_s'))} | "
             f"{num(llama.get('ttft_s'), '{:.3f}')} | {num(prefill)} (prompt / TTFT) | "
             f"{num(first.get('ttft_s'), '{:.3f}')} | {num(llama.get('load_s'), '{:.2f}')} | "
-            f"{gib(llama.get('rss_peak'))} | (itself) |"
+            f"{gib(llama.get('rss_peak'))} | {num(llama.get('others_cores'), '{:.2f}')} | "
+            "(itself) |"
         )
     lines.append("")
     # ---- replies
@@ -736,7 +813,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kv-len", type=int, default=1280)
     p.add_argument("--prefill", type=int, default=128)
-    p.add_argument("--runs", type=int, default=2, help="runs per runtime process (last reported)")
+    p.add_argument(
+        "--runs", type=int, default=3, help="runs per runtime process (median of all but the first)"
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300,
+        help="seconds to wait, before each measurement, for other processes to use < 0.3 cores",
+    )
     p.add_argument("--hf-dtype", choices=("float32", "bfloat16"), help="random shapes only")
     p.add_argument("--skip-convert", action="store_true", help="reuse kept bundles (--keep)")
     p.add_argument("--keep", action="store_true", help="keep the bundles after measuring")
@@ -781,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = results.setdefault("models", {}).setdefault(args.model, {})
     entry.update(
         {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": ".venv/bin/python bench/export.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(),
@@ -800,9 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     # llama.cpp first: its ids are the reference the bundles' loops are compared with
     if "llama" in args.runtimes:
         if gguf is None or not args.llama_python.exists():
-            log(
-                f"llama.cpp skipped: {args.llama_python} missing (bash bench/make_bench_llama_env.sh)"
-            )
+            log(f"llama.cpp skipped: no {args.llama_python} (bash bench/make_bench_llama_env.sh)")
         else:
             llama = measure_llama(gguf, ids, args)
             llama["text"] = decode_ids(hf_dir, llama.get("ids"))

@@ -16,8 +16,8 @@ exactly ``new_tokens`` tokens:
 * decode tok/s: the tokens after the first, over the time after the first.
 
 Each runtime runs ``runs`` times in the same process: the first run pays one-off costs
-(XNNPACK packs the weights; LiteRT-LM writes them to ``cache_dir``), the last run is the
-reported one. Only the standard library is imported at the top: this file runs under the
+(XNNPACK packs the weights; LiteRT-LM writes them to ``cache_dir``); the median of the
+others is reported. Only the standard library is imported at the top: this file runs under the
 export environment (litert_lm, ai_edge_litert) and the llama.cpp one (llama_cpp), which share
 nothing but Python.
 """
@@ -50,6 +50,19 @@ def timing(first_s: float, total_s: float, n: int) -> dict[str, Any]:
     }
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each number over the warm runs (all but the first; the only run if
+    there is one)."""
+    import statistics
+
+    warm = runs[1:] or runs
+    out: dict[str, Any] = {}
+    for key, value in warm[0].items():
+        values = [r[key] for r in warm if isinstance(r.get(key), (int, float))]
+        out[key] = statistics.median(values) if len(values) == len(warm) else value
+    return out
+
+
 # --------------------------------------------------------------------------- LiteRT-LM
 
 
@@ -63,7 +76,7 @@ def run_litert_lm(spec: dict[str, Any]) -> dict[str, Any]:
     cache.mkdir(parents=True, exist_ok=True)
     threads = int(spec["threads"])
     runs = []
-    for _ in range(int(spec.get("runs", 2))):
+    for _ in range(int(spec.get("runs", 3))):
         start = time.perf_counter()
         bench = litert_lm.Benchmark(
             model_path=str(spec["model"]),
@@ -104,7 +117,7 @@ def run_litert_lm(spec: dict[str, Any]) -> dict[str, Any]:
                 out = conv.send_message(spec["user_text"])
             contents = getattr(out, "contents", None)
             reply = contents[0].text if contents else str(out)
-    return {"runs": runs, **runs[-1], "reply": reply, "rss_peak": rss_peak()}
+    return {"runs": runs, **summary(runs), "reply": reply, "rss_peak": rss_peak()}
 
 
 # --------------------------------------------------------------------------- interpreter
@@ -120,11 +133,11 @@ def run_interp(spec: dict[str, Any]) -> dict[str, Any]:
     loop = TfliteLoop(str(spec["model"]), int(spec["threads"]))
     load_s = time.perf_counter() - start
     runs, ids = [], None
-    for _ in range(int(spec.get("runs", 2))):
+    for _ in range(int(spec.get("runs", 3))):
         res = loop.greedy(list(spec["ids"]), int(spec["new_tokens"]), set())
         ids = res["ids"]
         runs.append(timing(res["first_token_s"], res["total_s"], len(ids)))
-    return {"runs": runs, **runs[-1], "load_s": load_s, "ids": ids, "rss_peak": rss_peak()}
+    return {"runs": runs, **summary(runs), "load_s": load_s, "ids": ids, "rss_peak": rss_peak()}
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -151,15 +164,16 @@ def run_llama(spec: dict[str, Any]) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - start
     n_new = int(spec["new_tokens"])
+    n_vocab = llm.n_vocab()
     runs, out = [], []
-    for _ in range(int(spec.get("runs", 2))):
+    for _ in range(int(spec.get("runs", 3))):
         llm.reset()
         out = []
         start = time.perf_counter()
         llm.eval(ids)
         first = None
         for i in range(n_new):
-            logits = np.asarray(llm.eval_logits[-1]) if llm.eval_logits else llm.scores[-1]
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
             token = int(np.argmax(logits))
             out.append(token)
             if first is None:
@@ -169,7 +183,7 @@ def run_llama(spec: dict[str, Any]) -> dict[str, Any]:
         runs.append(timing(first or 0.0, time.perf_counter() - start, len(out)))
     return {
         "runs": runs,
-        **runs[-1],
+        **summary(runs),
         "load_s": load_s,
         "ids": out,
         "rss_peak": rss_peak(),

@@ -1,29 +1,27 @@
 """The Export screen (key 4): a wizard from a trained run to a bundle that answers on a phone.
 
-Five steps, shown one at a time (``^n`` next, ``^b`` back, or click the strip on top):
+Five steps, one shown at a time (``^n`` next, ``^b`` back, or a click on the strip on top):
 
-1. **Source**: the runs (:func:`pipeline.training.runs.list_runs`, read in a thread) and the
-   highlighted run's checkpoints (:func:`pipeline.training.checkpoint.list_checkpoints`),
-   damaged ones greyed with their problem. The run the Runs screen's ``e`` names, else the
-   newest, is preselected, with its newest usable checkpoint.
-2. **Settings**: the six quantizations with the expected file size, memory on the device and
-   the converter's peak RAM (:func:`pipeline.export.job.estimate_export`) beside the memory
-   available now, and the prefill and KV-cache lengths, formats, verification threshold and
-   reply length; checked with :func:`~pipeline.export.job.check_options` on every change,
-   its message shown in place.
-3. **Export** (F5): :func:`pipeline.export.job.export_run` in a thread worker, its events
-   through the :class:`~gemma_tui.bridge.EventBridge`: a stage list (pending, running with its
-   seconds, done with its summary, failed), the elapsed time and the log. ``esc`` asks, then
-   sets the stop flag; the pipeline stops the converter and writes nothing. When the export
-   environment is missing, a dialog offers to create it first
-   (:func:`pipeline.export.env.create_export_env`), then the export goes on.
-4. **Report**: the verdict, the files with their sizes and the verification report
-   (``verify.md``).
-5. **Try it**: one prompt, one greedy reply of the ``.task`` or ``.litertlm`` on the CPU
-   (:func:`pipeline.export.job.bundle_replies`).
+1. **Source** (:class:`~gemma_tui.screens.export_source.SourceStep`): the runs and the
+   highlighted run's checkpoints, damaged ones greyed with their problem; the run the Runs
+   screen's ``e`` names (else the newest) is preselected, with its newest usable checkpoint.
+2. **Settings** (:class:`~gemma_tui.screens.export_settings.SettingsStep`): the six
+   quantizations with their expected file size and converter peak RAM against the memory
+   available now, the lengths, formats and verification threshold; checked on every change
+   by :func:`~pipeline.export.job.check_options`, its message shown in place.
+3. **Export** (F5): :func:`pipeline.export.job.export_run` in a thread worker of this screen,
+   its events through the :class:`~gemma_tui.bridge.EventBridge` into a stage list (pending,
+   running with its seconds, done with its summary, failed), the elapsed time and a log.
+   ``esc`` asks, then sets the stop flag: the pipeline stops the converter and writes
+   nothing. When the export environment is missing, a dialog offers to create it first
+   (:func:`pipeline.export.env.create_export_env`, its steps in the log); the export follows.
+4. **Report** and 5. **Try it** (:mod:`gemma_tui.screens.export_result`): the verdict and
+   ``verify.md``; one prompt to the ``.task`` or ``.litertlm``
+   (:func:`pipeline.export.job.bundle_replies`, in this screen's worker too).
 
-Nothing heavy is imported at module level: the pipeline's export code is imported in the
-methods that use it, the model stack only ever in the worker threads (through the pipeline).
+Jobs are this screen's (a mode's base screen stays mounted, so they are never cancelled by a
+dialog closing). Nothing heavy is imported at module level: the pipeline's export code in the
+methods that use it, the model stack only inside the pipeline, in the worker threads.
 """
 
 from __future__ import annotations
@@ -35,42 +33,24 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import (
-    Button,
-    Checkbox,
-    ContentSwitcher,
-    DataTable,
-    Footer,
-    Header,
-    Input,
-    Label,
-    Log,
-    OptionList,
-    RadioButton,
-    RadioSet,
-    Static,
-)
-from textual.widgets.data_table import CellDoesNotExist
-from textual.widgets.option_list import Option
+from textual.widgets import Button, ContentSwitcher, Footer, Header, Log, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from gemma_tui.bridge import EventBridge
 from gemma_tui.messages import JobEventsBatched, JobMilestoneReached, JobProgressed
-from gemma_tui.screens.export_settings import (
-    QUANT_COLUMNS,
-    SettingsFields,
-    default_threshold,
-    memory_text,
-    parse_settings,
-    quant_cells,
-    quant_rows,
+from gemma_tui.screens.export_result import (
+    TRY_MAX_NEW_TOKENS,
+    ReportStep,
+    TryStep,
+    bundles_of,
 )
+from gemma_tui.screens.export_settings import SettingsStep
+from gemma_tui.screens.export_source import SourceStep, checkpoint_argument
 from gemma_tui.screens.help import HelpSection, describe_bindings
 from gemma_tui.screens.job_screen import JOB_GROUP, JobScreen
 from gemma_tui.screens.modals import ConfirmModal
@@ -95,9 +75,14 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("step-try", "Try it"),
 )
 SOURCE, SETTINGS, EXPORT, REPORT, TRY = range(len(STEPS))
-BUNDLE_SUFFIXES = (".task", ".litertlm")
-TRY_MAX_NEW_TOKENS = 128
-DEFAULT_QUANT = "dynamic_int8"
+FOCUS = {
+    SOURCE: "#source-runs",
+    SETTINGS: "#quant-table",
+    EXPORT: "#start-export",
+    REPORT: "#step-report",
+    TRY: "#try-prompt",
+}
+"""What each step focuses when shown."""
 
 EXPORT_BINDINGS: list[BindingType] = [
     Binding("f5", "start", "Export", tooltip="Merge, convert, bundle and verify the checkpoint"),
@@ -108,75 +93,8 @@ EXPORT_BINDINGS: list[BindingType] = [
     Binding("ctrl+r", "refresh", "Reread runs", key_display="^r"),
 ]
 
-
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def checkpoint_label(info: CheckpointInfo) -> Text:
-    """One checkpoint in the source list: its folder and step, or why it cannot be used."""
-    name = "final" if info.final else info.path.name
-    text = Text(f"{name:<12}", style="bold" if info.ok else "dim")
-    if info.step is not None:
-        text.append(f" step {info.step:,}", style="" if info.ok else "dim")
-    if not info.ok:
-        text.append(f"  damaged: {info.problem}", style="dim red")
-    return text
-
-
-def checkpoint_argument(info: CheckpointInfo) -> int | str:
-    """What ``export_run(checkpoint=...)`` takes for ``info``: "final" or its step."""
-    return "final" if info.final or info.step is None else info.step
-
-
-def preferred_checkpoint(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
-    """The checkpoint ``export_run`` takes by default: the newest usable (final on a tie)."""
-    usable = [info for info in infos if info.ok]
-    return max(usable, key=lambda i: (i.step or 0, i.final)) if usable else None
-
-
-def verdict_text(result: ExportResult) -> Text:
-    """The export's verdict in one or two lines: green when ready, red with the numbers."""
-    from pipeline.export.job import human_bytes
-
-    report = result.report
-    if result.status == "ok":
-        text = Text("✓ Ready", style="bold green")
-        text.append(" · verification passed" if report else " · not verified (verify off)")
-    else:
-        text = Text("✗ Verification FAILED", style="bold red")
-        text.append(" · the bundles were kept; do not ship them", style="red")
-    text.append(f"\n{_display_path(result.out_dir)} · {format_seconds(result.seconds)}")
-    if report is not None:
-        for runtime in report.runtimes:
-            line = (
-                f"\n  {runtime.bundle}/{runtime.runtime}: agreement {runtime.agreement:.1%} "
-                f"(threshold {report.threshold:.0%})"
-            )
-            if runtime.stop_pass + runtime.stop_fail:
-                line += f", stop test {runtime.stop_pass}/{runtime.stop_pass + runtime.stop_fail}"
-            text.append(line + ("" if runtime.passed else "  FAIL"), "" if runtime.passed else "red")
-    for name, size in result.files.items():
-        text.append(f"\n  {name}  {human_bytes(size)}", style="bold")
-    return text
-
-
-def report_markdown_of(result: ExportResult) -> str:
-    """The verification report: the export's ``verify.md``, else built from the result."""
-    from pipeline.export.job import VERIFY_MD
-    from pipeline.export.verify import report_markdown
-
-    path = result.out_dir / VERIFY_MD
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        pass
-    if result.report is not None:
-        return report_markdown(result.report)
-    return "# Verification\n\nNot verified: the export ran with verification off.\n"
+Ready = tuple[Path, int | str, "ExportOptions"]
+"""What an export needs: the run folder, the checkpoint ("final" or a step), the options."""
 
 
 class ExportScreen(JobScreen):
@@ -189,41 +107,25 @@ class ExportScreen(JobScreen):
     class Listed(Message):
         """The runs, read by the listing worker."""
 
-        def __init__(self, runs: list[RunSummary]) -> None:
+        def __init__(self, runs: list[RunSummary], wanted: Path | None) -> None:
             super().__init__()
             self.runs = runs
+            self.wanted = wanted
 
     def __init__(self) -> None:
         super().__init__()
         self.step = SOURCE
-        self.runs: list[RunSummary] = []
         self.listed = 0
         """How many listings were shown (tests wait for the next one)."""
-        self.wanted_run: Path | None = None
-        """A run to select once the list is read (the Runs screen's ``e``)."""
-        self.run_dir: Path | None = None
-        self.checkpoints: list[CheckpointInfo] = []
-        self.checkpoint: CheckpointInfo | None = None
-        self.source: ExportSource | None = None
-        self.source_error: str | None = None
-        self.arch: GemmaArch | None = None
-        self.quant = DEFAULT_QUANT
-        self.options: ExportOptions | None = None
-        self.settings_error: str | None = None
-        self.existing: Path | None = None
-        """An export folder that already has the name this export would take."""
         self.result: ExportResult | None = None
-        self.replies: list[tuple[str, str, str]] = []
-        """(bundle file, prompt, reply) of the Try-it step, oldest first."""
         self.state = "idle"
-        """The export step's status word: idle, running, done, failed, cancelled."""
+        """The export step's state: idle, running, done, failed or cancelled."""
         self._stop = threading.Event()
         self._started: float | None = None
         self._ended: float | None = None
-        self._pending: tuple[Path, int | str, ExportOptions] | None = None
+        self._pending: Ready | None = None
+        """The export to start once the environment is made."""
         self._kinds: dict[Worker[Any], str] = {}
-        self._asking: tuple[str, str] = ("", "")
-        """(bundle file, prompt) of the question being answered."""
         self.export_fn: Callable[..., Any] | None = None
         """What exports: :func:`pipeline.export.job.export_run` when None; tests put a
         scripted event source here (same signature)."""
@@ -237,38 +139,12 @@ class ExportScreen(JobScreen):
     # ---- layout
 
     def compose(self) -> ComposeResult:
-        from textual.widgets import Markdown
-
         yield Header(show_clock=False, icon="◆")
         yield JobBar(id="job-bar")
         yield StepStrip([title for _, title in STEPS], id="export-steps")
         with ContentSwitcher(initial=STEPS[SOURCE][0], id="export-body"):
-            with Horizontal(id="step-source"):
-                yield DataTable(id="source-runs", cursor_type="row", zebra_stripes=True)
-                with Vertical(id="source-side"):
-                    yield OptionList(id="source-checkpoints")
-                    yield Static(id="source-preview")
-            with Vertical(id="step-settings"):
-                yield Static(id="settings-source")
-                yield DataTable(id="quant-table", cursor_type="row")
-                yield Static(id="settings-memory")
-                with Horizontal(classes="settings-row"):
-                    yield Label("prefill lengths", classes="settings-label")
-                    yield Input("128", id="opt-prefill", compact=True)
-                    yield Label("KV-cache length", classes="settings-label")
-                    yield Input("1280", id="opt-kv", compact=True)
-                with Horizontal(classes="settings-row"):
-                    yield Label("verify threshold", classes="settings-label")
-                    yield Input(default_threshold(DEFAULT_QUANT), id="opt-threshold", compact=True)
-                    yield Label("max new tokens", classes="settings-label")
-                    yield Input("32", id="opt-max-new", compact=True)
-                with Horizontal(classes="settings-row"):
-                    yield Label("formats", classes="settings-label")
-                    yield Checkbox(".task", True, id="fmt-task", compact=True)
-                    yield Checkbox(".litertlm", True, id="fmt-litertlm", compact=True)
-                    yield Checkbox(".tflite", False, id="fmt-tflite", compact=True)
-                    yield Checkbox("replace an existing export", False, id="opt-force", compact=True)
-                yield Static(id="settings-error")
+            yield SourceStep(id="step-source")
+            yield SettingsStep(id="step-settings")
             with Vertical(id="step-export"):
                 yield Static(id="export-summary")
                 yield StageList(id="stage-list")
@@ -276,37 +152,56 @@ class ExportScreen(JobScreen):
                     yield Button("Start export (F5)", variant="primary", id="start-export")
                     yield Static(id="export-status")
                 yield Log(max_lines=2000, id="export-log")
-            with VerticalScroll(id="step-report"):
-                yield Static(id="report-verdict")
-                yield Markdown(id="report-md")
-            with Vertical(id="step-try"):
-                yield Static(id="try-intro")
-                with Horizontal(id="try-row"):
-                    yield Label("bundle", classes="settings-label")
-                    with RadioSet(id="try-bundle", compact=True):
-                        yield RadioButton(".task", True, id="try-task", compact=True)
-                        yield RadioButton(".litertlm", id="try-litertlm", compact=True)
-                yield Input(placeholder="Type a prompt, then enter", id="try-prompt")
-                with VerticalScroll(id="try-transcript"):
-                    yield Static(id="try-replies")
+            yield ReportStep(id="step-report")
+            yield TryStep(id="step-try")
         yield Footer()
+
+    @property
+    def source_step(self) -> SourceStep:
+        return self.query_one(SourceStep)
+
+    @property
+    def settings(self) -> SettingsStep:
+        return self.query_one(SettingsStep)
+
+    @property
+    def try_step(self) -> TryStep:
+        return self.query_one(TryStep)
+
+    # The choices so far, for the keys and the tests.
+    @property
+    def run_dir(self) -> Path | None:
+        return self.source_step.run_dir
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return self.source_step.checkpoints
+
+    @property
+    def source(self) -> ExportSource | None:
+        return self.source_step.source
+
+    @property
+    def arch(self) -> GemmaArch | None:
+        return self.source_step.arch
+
+    @property
+    def quant(self) -> str:
+        return self.settings.quant
+
+    @property
+    def options(self) -> ExportOptions | None:
+        return self.settings.options
+
+    @property
+    def replies(self) -> list[tuple[str, str, str]]:
+        return self.try_step.replies
 
     def on_mount(self) -> None:
         self.title = "Export"
-        self.query_one("#source-runs", DataTable).border_title = "Runs"
-        self.query_one("#source-checkpoints", OptionList).border_title = "Checkpoints"
-        self.query_one("#quant-table", DataTable).border_title = "Quantization"
-        self.query_one("#export-log", Log).border_title = "Log"
-        table = self.query_one("#source-runs", DataTable)
-        for key, label in (("run", "run"), ("status", "status"), ("steps", "steps")):
-            table.add_column(label, key=key)
-        quant_table = self.query_one("#quant-table", DataTable)
-        for key, label in QUANT_COLUMNS:
-            quant_table.add_column(label, key=key)
-        self._fill_quant_table()
-        self._check_settings()
+        self.query_one(Log).border_title = "Log"
         self._show_step(SOURCE)
-        self._show_export_status()
+        self._show_status()
         self.set_interval(1.0, self._tick)
         self.refresh_runs()
 
@@ -321,7 +216,7 @@ class ExportScreen(JobScreen):
                 "Export wizard",
                 [
                     ("enter", "Source: choose the checkpoint and go to the settings"),
-                    ("↑ ↓", "Settings: pick the quantization (size and RAM shown)"),
+                    ("↑ ↓", "Settings: pick the quantization (its size and RAM are shown)"),
                     ("tab", "Next field; every change is checked at once"),
                     ("enter", "Try it: ask the bundle (one turn, greedy, on the CPU)"),
                 ],
@@ -346,13 +241,13 @@ class ExportScreen(JobScreen):
 
     def available(self) -> list[bool]:
         """Which steps can be shown now."""
-        bundles = bool(self.result and self._bundles())
+        chosen = self.source is not None
         return [
             True,
-            self.source is not None,
-            self.source is not None or self.busy or self.result is not None,
+            chosen,
+            chosen or self.state != "idle",
             self.result is not None,
-            bundles,
+            bool(bundles_of(self.result)),
         ]
 
     def show_step(self, index: int) -> bool:
@@ -374,20 +269,11 @@ class ExportScreen(JobScreen):
         self.query_one(ContentSwitcher).current = STEPS[index][0]
         self.query_one(StepStrip).show(index, self.available())
         self.sub_title = STEPS[index][1]
-        focus = {
-            SOURCE: "#source-runs",
-            SETTINGS: "#quant-table",
-            EXPORT: "#start-export" if not self.busy else "#export-log",
-            REPORT: "#step-report",
-            TRY: "#try-prompt",
-        }[index]
+        focus = FOCUS[index] if not (index == EXPORT and self.busy) else "#export-log"
         widget = self.query_one(focus)
-        if widget.display and widget.focusable:
+        if widget.focusable:
             widget.focus()
         self.refresh_bindings()
-
-    def _strip(self) -> None:
-        self.query_one(StepStrip).show(self.step, self.available())
 
     def action_next_step(self) -> None:
         if self.step < TRY:
@@ -403,292 +289,69 @@ class ExportScreen(JobScreen):
 
     # ---- step 1: source
 
-    def refresh_runs(self) -> None:
-        """Read the runs again (in a thread) and show them."""
-        self._list_runs()
+    def refresh_runs(self, wanted: Path | None = None) -> None:
+        """Read the runs again (in a thread) and show them, ``wanted`` selected."""
+        self._list_runs(wanted)
 
     def action_refresh(self) -> None:
         self.refresh_runs()
 
     def select_run(self, run_dir: Path) -> None:
-        """Show the source step with ``run_dir`` selected (from the Runs screen)."""
+        """Show the source step with ``run_dir`` selected (the Runs screen's ``e``)."""
         if self.busy:
             self.notify("An export is running; the run was not changed.", severity="warning")
             return
-        self.wanted_run = run_dir
         self._show_step(SOURCE)
-        self.refresh_runs()
+        self.refresh_runs(run_dir)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="export-list")
-    def _list_runs(self) -> None:
+    @work(thread=True, exit_on_error=False, group="export-list")
+    def _list_runs(self, wanted: Path | None) -> None:
         from pipeline.training.runs import list_runs
 
-        self.post_message(self.Listed(list_runs(self._workspace())))
+        self.post_message(self.Listed(list_runs(self._workspace()), wanted))
 
     @on(Listed)
     def _listed(self, message: Listed) -> None:
-        self.show_runs(message.runs)
-
-    def show_runs(self, runs: list[RunSummary]) -> None:
-        from gemma_tui.screens.runs_actions import status_text, steps_text
-
-        table = self.query_one("#source-runs", DataTable)
-        keys = [str(run.path) for run in runs]
-        wanted = str(self.wanted_run) if self.wanted_run is not None else None
-        self.wanted_run = None
-        if keys != [key.value for key in table.rows]:
-            current = str(self.run_dir) if self.run_dir is not None else None
-            self.runs = runs
-            table.clear()
-            for run in runs:
-                table.add_row(run.name, status_text(run), steps_text(run), key=str(run.path))
-            target = wanted or current
-            row = keys.index(target) if target in keys else 0
-            if runs:
-                table.move_cursor(row=row, animate=False)
-                self._run_highlighted(runs[row].path, force=True)
-            else:
-                self._run_highlighted(None, force=True)
-        else:
-            self.runs = runs
-            if wanted in keys:
-                table.move_cursor(row=keys.index(wanted), animate=False)
-                self._run_highlighted(Path(wanted), force=True)
-        if not runs:
-            self.query_one("#source-preview", Static).update(
-                Text(
-                    f"No runs in {_display_path(self._workspace().runs_dir)}. Train one on the "
-                    "Train screen (2) first.",
-                    style="yellow",
-                )
-            )
+        self.source_step.show_runs(message.runs, self._workspace(), message.wanted)
         self.listed += 1
 
-    @on(DataTable.RowHighlighted, "#source-runs")
-    def _run_row(self, event: DataTable.RowHighlighted) -> None:
-        key = event.row_key.value
-        # rows rebuilt: highlights of the old cursor may still be queued
-        if key is not None and event.cursor_row == event.data_table.cursor_row:
-            self._run_highlighted(Path(key))
+    @on(SourceStep.Chosen)
+    def _source_chosen(self) -> None:
+        step = self.source_step
+        self.settings.set_source(step.source, step.arch, self._workspace().exports_dir)
+        self.query_one(StepStrip).show(self.step, self.available())
 
-    @on(DataTable.RowSelected, "#source-runs")
-    def _run_chosen(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.query_one("#source-checkpoints", OptionList).focus()
-
-    def _run_highlighted(self, run_dir: Path | None, *, force: bool = False) -> None:
-        """Show ``run_dir``'s checkpoints, the preferred one highlighted."""
-        from pipeline.training.checkpoint import list_checkpoints
-
-        if run_dir == self.run_dir and not force:
-            return
-        if self.busy:
-            return
-        self.run_dir = run_dir
-        self.checkpoints = list_checkpoints(run_dir) if run_dir is not None else []
-        listing = self.query_one("#source-checkpoints", OptionList)
-        listing.clear_options()
-        listing.add_options(
-            Option(checkpoint_label(info), id=str(info.path), disabled=not info.ok)
-            for info in self.checkpoints
-        )
-        preferred = preferred_checkpoint(self.checkpoints)
-        if preferred is not None:
-            listing.highlighted = self.checkpoints.index(preferred)
-        self._checkpoint_chosen(preferred)
-
-    @on(OptionList.OptionHighlighted, "#source-checkpoints")
-    def _checkpoint_row(self, event: OptionList.OptionHighlighted) -> None:
-        info = next((i for i in self.checkpoints if str(i.path) == event.option_id), None)
-        if info is not None and info.ok and info != self.checkpoint:
-            self._checkpoint_chosen(info)
-
-    @on(OptionList.OptionSelected, "#source-checkpoints")
-    def _checkpoint_selected(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
+    @on(SourceStep.Confirmed)
+    def _source_confirmed(self) -> None:
         self.show_step(SETTINGS)
-
-    def _checkpoint_chosen(self, info: CheckpointInfo | None) -> None:
-        """Resolve ``info`` as the pipeline will (model source, step) and show it."""
-        from pipeline.errors import PipelineError
-        from pipeline.export.job import resolve_source
-        from pipeline.training.memory import guess_arch
-
-        self.checkpoint = info
-        self.source, self.source_error, self.arch = None, None, None
-        if info is not None and self.run_dir is not None:
-            try:
-                self.source = resolve_source(
-                    self.run_dir, checkpoint_argument(info), self._workspace()
-                )
-            except PipelineError as error:
-                self.source_error = error.message
-            else:
-                self.arch = guess_arch(self.source.model_source)
-        self._show_source()
-        self._fill_quant_table()
-        self._check_settings()
-
-    def _show_source(self) -> None:
-        preview = self.query_one("#source-preview", Static)
-        if self.run_dir is None:
-            preview.update("")
-            return
-        run = next((r for r in self.runs if r.path == self.run_dir), None)
-        text = Text(self.run_dir.name, style="bold")
-        if run is not None:
-            text.append(f" · {run.status} · {run.model or run.profile or '-'}", style="dim")
-        if self.source is not None:
-            source = self.source
-            where = "final" if source.final else source.checkpoint.name
-            text.append(f"\nExport {where} (step {source.step:,}) of ")
-            text.append(source.model_source, style="bold")
-            text.append(f" ({self.arch.name if self.arch else 'architecture unknown'})")
-            text.append("\nenter or ^n: settings", style="dim")
-        elif self.source_error:
-            text.append(f"\n{self.source_error}", style="red")
-        else:
-            text.append("\nNo usable checkpoint: nothing to export from this run.", style="yellow")
-        preview.update(text)
-        self._strip()
 
     # ---- step 2: settings
 
-    def _fill_quant_table(self) -> None:
-        from pipeline.export.job import available_memory
-
-        table = self.query_one("#quant-table", DataTable)
-        kv = self._field_int("#opt-kv", 1280)
-        available = available_memory()
-        rows = quant_rows(self.arch, max(kv, 1))
-        if [key.value for key in table.rows] != [row.quant for row in rows]:
-            table.clear()
-            for row in rows:
-                table.add_row(*quant_cells(row, available), key=row.quant)
-            table.move_cursor(row=[r.quant for r in rows].index(self.quant), animate=False)
-        else:
-            for row in rows:
-                for (column, _), value in zip(
-                    QUANT_COLUMNS, quant_cells(row, available), strict=True
-                ):
-                    try:
-                        table.update_cell(row.quant, column, value, update_width=True)
-                    except CellDoesNotExist:
-                        continue
-        estimate = next((r.estimate for r in rows if r.quant == self.quant), None)
-        self.query_one("#settings-memory", Static).update(memory_text(estimate, available))
-
-    def _field_int(self, selector: str, default: int) -> int:
-        try:
-            return int(self.query_one(selector, Input).value.strip())
-        except ValueError:
-            return default
-
-    @on(DataTable.RowHighlighted, "#quant-table")
-    def _quant_row(self, event: DataTable.RowHighlighted) -> None:
-        quant = event.row_key.value
-        if quant is None or quant == self.quant or event.cursor_row != event.data_table.cursor_row:
-            return
-        threshold = self.query_one("#opt-threshold", Input)
-        if threshold.value.strip() == default_threshold(self.quant):
-            threshold.value = default_threshold(quant)  # untouched: follow the quantization
-        self.quant = quant
-        self._fill_quant_table()
-        self._check_settings()
-
-    @on(DataTable.RowSelected, "#quant-table")
-    def _quant_chosen(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.show_step(EXPORT)
-
-    @on(Input.Changed)
-    def _field_changed(self, event: Input.Changed) -> None:
-        if not (event.input.id or "").startswith("opt-"):
-            return
-        if event.input.id == "opt-kv":
-            self._fill_quant_table()
-        self._check_settings()
-
-    @on(Input.Submitted)
-    def _field_submitted(self, event: Input.Submitted) -> None:
-        if (event.input.id or "").startswith("opt-"):
-            self.show_step(EXPORT)
-
-    @on(Checkbox.Changed)
-    def _checkbox_changed(self) -> None:
-        self._check_settings()
-
-    def settings_fields(self) -> SettingsFields:
-        formats = tuple(
-            name
-            for name in ("task", "litertlm", "tflite")
-            if self.query_one(f"#fmt-{name}", Checkbox).value
-        )
-        return SettingsFields(
-            quant=self.quant,
-            prefill=self.query_one("#opt-prefill", Input).value,
-            kv_len=self.query_one("#opt-kv", Input).value,
-            threshold=self.query_one("#opt-threshold", Input).value,
-            max_new_tokens=self.query_one("#opt-max-new", Input).value,
-            formats=formats,
-            force=self.query_one("#opt-force", Checkbox).value,
-        )
-
-    def _check_settings(self) -> None:
-        """Check the settings as they are now; show the problems in place."""
-        from pipeline.export.job import export_name
-
-        options, error = parse_settings(self.settings_fields())
-        self.options, self.settings_error = options, error
-        self.existing = None
-        if options is not None and self.source is not None:
-            folder = self._workspace().exports_dir / export_name(self.source, options.quant)
-            self.existing = folder if folder.exists() else None
-        source = self.query_one("#settings-source", Static)
-        if self.source is not None:
-            name = export_name(self.source, self.quant)
-            text = Text(f"{self.source.run_dir.name} · ", style="dim")
-            text.append("final" if self.source.final else self.source.checkpoint.name, "bold")
-            text.append(f" · {self.source.model_source}", style="dim")
-            text.append(f" ({self.arch.name if self.arch else 'unknown'})", style="dim")
-            text.append(f" → exports/{name}")
-            source.update(text)
-        else:
-            source.update(Text("No checkpoint chosen (step 1).", style="yellow"))
-        box = self.query_one("#settings-error", Static)
-        if error is not None:
-            box.update(Text(f"✗ {error}", style="bold red"))
-        elif self.existing is not None and not (options and options.force):
-            box.update(
-                Text(
-                    f"An export named {self.existing.name} exists; tick “replace an existing "
-                    "export” to overwrite it.",
-                    style="yellow",
-                )
-            )
-        else:
-            box.update(Text("✓ Settings are valid; F5 starts the export.", style="green"))
-        box.set_class(error is not None, "-error")
-        self._show_plan()
-
-    # ---- step 3: export
-
-    def _show_plan(self) -> None:
-        """Before an export: the stages it will go through with the current settings."""
-        if self.busy or self.state != "idle":
+    @on(SettingsStep.Changed)
+    def _settings_changed(self) -> None:
+        """Before an export: the stages it will go through with these settings."""
+        if self.state != "idle":
             return
         summary = self.query_one("#export-summary", Static)
-        if self.options is None or self.source is None:
+        options, source = self.options, self.source
+        if options is None or source is None:
             summary.update(Text("Fix the settings (step 2) first.", style="yellow"))
             self.query_one(StageList).plan([])
             return
-        summary.update(self._summary_text(self.source, self.options))
-        self.query_one(StageList).plan(export_stages(self.options))
+        summary.update(self._summary_text(source, options))
+        self.query_one(StageList).plan(export_stages(options))
+
+    @on(SettingsStep.Confirmed)
+    def _settings_confirmed(self) -> None:
+        self.show_step(EXPORT)
+
+    # ---- step 3: export
 
     def _summary_text(self, source: ExportSource, options: ExportOptions) -> Text:
         from pipeline.export.job import export_name
 
-        text = Text(source.run_dir.name, style="bold")
+        text = Text()
+        text.append(source.run_dir.name, style="bold")
         text.append(f" {'final' if source.final else source.checkpoint.name} as ")
         text.append(options.quant, style="bold")
         text.append(f" → {', '.join('.' + f for f in options.formats)}")
@@ -699,25 +362,28 @@ class ExportScreen(JobScreen):
         )
         return text
 
-    def _ready(self) -> tuple[Path, int | str, ExportOptions] | None:
-        if self.source is None or self.checkpoint is None:
+    def _ready(self) -> Ready | None:
+        """What to export, or None after saying what is missing."""
+        checkpoint = self.source_step.checkpoint
+        if self.source is None or checkpoint is None:
             self.notify("Pick a run with a usable checkpoint first (step 1).", severity="error")
-            self.show_step(SOURCE)
+            self._show_step(SOURCE)
             return None
-        if self.options is None:
-            self.notify(self.settings_error or "Fix the settings first.", severity="error")
-            self.show_step(SETTINGS)
+        settings = self.settings
+        if settings.options is None:
+            self.notify(settings.error or "Fix the settings first.", severity="error")
+            self._show_step(SETTINGS)
             return None
-        if self.existing is not None and not self.options.force:
+        if settings.existing is not None and not settings.options.force:
             self.notify(
-                f"{self.existing.name} exists; tick “replace an existing export” to overwrite "
-                "it, or choose another quantization.",
+                f"{settings.existing.name} exists; tick “replace an existing export” to "
+                "overwrite it, or choose another quantization.",
                 title="Export exists",
                 severity="warning",
             )
-            self.show_step(SETTINGS)
+            self._show_step(SETTINGS)
             return None
-        return self.source.run_dir, checkpoint_argument(self.checkpoint), self.options
+        return self.source.run_dir, checkpoint_argument(checkpoint), settings.options
 
     def action_start(self) -> None:
         if self.say_busy():
@@ -738,8 +404,8 @@ class ExportScreen(JobScreen):
                 self._create_env(ready)
             else:
                 self.notify(
-                    "The export needs its tools; run `gemma-tui export-env` later, or press "
-                    "F5 again.",
+                    "The export needs its tools: F5 offers them again, or run "
+                    "`gemma-tui export-env` in a terminal.",
                     title="Not exported",
                     severity="warning",
                 )
@@ -747,9 +413,9 @@ class ExportScreen(JobScreen):
         self.app.push_screen(
             ConfirmModal(
                 "Create the export environment now?",
-                "Exporting needs litert-torch, MediaPipe and LiteRT-LM in their own virtual "
-                f"environment, which is not there yet: {SIZE_HINT} (it downloads about "
-                "4.5 GB). The export starts when it is ready.",
+                "The export tools (litert-torch, MediaPipe, LiteRT-LM) live in their own "
+                f"environment, which is not there yet: {SIZE_HINT}, downloaded once. The "
+                "export starts when it is ready.",
                 yes="Create it",
                 no="Not now",
             ),
@@ -760,23 +426,17 @@ class ExportScreen(JobScreen):
     def _start_pressed(self) -> None:
         self.action_start()
 
-    def _begin(self, kind: str, title: str) -> bool:
-        job = self.start_job(kind, title)
-        if job is None:
-            return False
-        self._stop.clear()
-        return True
-
-    def _create_env(self, ready: tuple[Path, int | str, ExportOptions]) -> None:
+    def _create_env(self, ready: Ready) -> None:
         create = self.create_env_fn
         if create is None:
             from pipeline.export.env import create_export_env as create
-        if not self._begin("env", "Export tools"):
+        if self.start_job("env", "Export tools") is None:
             return
         self._pending = ready
-        self._start_clock(plan=[*export_stages(ready[2])])
-        self.query_one(StageList).add("export-env")
-        self.query_one(StageList).start("export-env", "scripts/make_export_env.sh")
+        self._start_clock(export_stages(ready[2]))
+        stages = self.query_one(StageList)
+        stages.add("export-env")
+        stages.start("export-env", "scripts/make_export_env.sh")
         self._launch(create)
 
     def start_export(self, run_dir: Path, checkpoint: int | str, options: ExportOptions) -> None:
@@ -784,35 +444,37 @@ class ExportScreen(JobScreen):
         export = self.export_fn
         if export is None:
             from pipeline.export.job import export_run as export
-        if not self._begin("export", "Export"):
+        if self.start_job("export", "Export") is None:
             return
         if self.state != "running":  # after creating the environment, the clock goes on
-            self._start_clock(plan=export_stages(options))
+            self._start_clock(export_stages(options))
         if self.source is not None:
             self.query_one("#export-summary", Static).update(
                 self._summary_text(self.source, options)
             )
-        self._launch(
-            partial(
-                export,
-                run_dir,
-                checkpoint=checkpoint,
-                options=options,
-                workspace=self._workspace(),
-            )
+        body = partial(
+            export, run_dir, checkpoint=checkpoint, options=options, workspace=self._workspace()
         )
+        self._launch(body)
 
     def _start_clock(self, plan: list[str]) -> None:
         self.state = "running"
         self._started, self._ended = time.monotonic(), None
         self.query_one(StageList).plan(plan)
-        self.query_one("#export-log", Log).clear()
-        self.query_one("#start-export", Button).display = False
-        self._show_export_status()
+        self.query_one(Log).clear()
+        self._running_layout(True)
+        self._show_status()
         self._show_step(EXPORT)
+
+    def _running_layout(self, running: bool) -> None:
+        """While an export runs, the source and settings are read-only."""
+        self.query_one("#start-export", Button).display = not running
+        self.source_step.locked = running
+        self.settings.set_disabled(running)
 
     def _launch(self, body: Callable[..., Any]) -> None:
         assert self.job is not None
+        self._stop.clear()
         worker = self._job_worker(self.job.job_id, body)
         self.job.worker = worker
         self._kinds[worker] = self.job.kind
@@ -829,13 +491,17 @@ class ExportScreen(JobScreen):
             bridge.close()
 
     def _log(self, line: str) -> None:
-        self.query_one("#export-log", Log).write_line(line)
+        self.query_one(Log).write_line(line)
+
+    def _follows(self, job_id: int) -> bool:
+        """The message is the running export's (or the environment's)."""
+        return self._is_current(job_id) and self.job is not None and self.job.kind != "try"
 
     @on(JobEventsBatched)
     def _export_events(self, message: JobEventsBatched) -> None:
         from pipeline.events import LogLine, StageStarted
 
-        if not self._is_current(message.job_id) or self.job is None or self.job.kind == "try":
+        if not self._follows(message.job_id):
             return
         stages = self.query_one(StageList)
         for event in message.events:
@@ -845,28 +511,26 @@ class ExportScreen(JobScreen):
             elif isinstance(event, LogLine):
                 prefix = "" if event.level == "info" else f"{event.level}: "
                 self._log(prefix + event.message)
-        self._show_export_status()
+        self._show_status()
 
     @on(JobMilestoneReached)
     def _export_milestone(self, message: JobMilestoneReached) -> None:
-        if not self._is_current(message.job_id) or self.job is None or self.job.kind == "try":
+        if not self._follows(message.job_id):
             return
         event = message.event
-        if not self.query_one(StageList).done(event.stage, event.summary, event.seconds):
-            self._log(f"✓ {event.stage}: {event.summary} ({format_seconds(event.seconds)})")
-        else:
-            self._log(f"✓ {event.stage} ({format_seconds(event.seconds)}): {event.summary}")
-        self._show_export_status()
+        self.query_one(StageList).done(event.stage, event.summary, event.seconds)
+        self._log(f"✓ {event.stage} ({format_seconds(event.seconds)}): {event.summary}")
+        self._show_status()
 
     @on(JobProgressed)
     def _export_progressed(self, message: JobProgressed) -> None:
-        if self._is_current(message.job_id) and self.job is not None and self.job.kind != "try":
+        if self._follows(message.job_id):
             self.query_one(StageList).progress(message.progress)
 
     def _tick(self) -> None:
         if self.state == "running":
             self.query_one(StageList).tick()
-            self._show_export_status()
+            self._show_status()
 
     def _elapsed(self) -> str:
         if self._started is None:
@@ -874,15 +538,17 @@ class ExportScreen(JobScreen):
         end = self._ended if self._ended is not None else time.monotonic()
         return format_seconds(end - self._started)
 
-    def _show_export_status(self, extra: Text | None = None) -> None:
+    def _show_status(self, ended: Text | None = None) -> None:
+        """The line beside the start button: ready, running (and where), or how it ended."""
         status = self.query_one("#export-status", Static)
-        if self.state == "idle":
+        if ended is not None:
+            status.update(ended)
+        elif self.state == "idle":
             status.update(Text("Ready: F5 (or enter on the button) starts.", style="dim"))
-            return
-        if self.state == "running":
-            stages = self.query_one(StageList)
-            running = stages.running
-            text = Text(f"running · {self._elapsed()}", style="bold cyan")
+        elif self.state == "running":
+            running = self.query_one(StageList).running
+            text = Text()
+            text.append(f"running · {self._elapsed()}", style="bold cyan")
             if self._stop.is_set():
                 text.append(" · cancelling…", style="yellow")
             elif running is not None:
@@ -890,40 +556,31 @@ class ExportScreen(JobScreen):
             else:
                 text.append(" · starting the next stage…", style="dim")
             status.update(text)
-            return
-        if extra is not None:
-            status.update(extra)
 
     def job_succeeded(self, kind: str, title: str, result: Any) -> None:
         if kind == "env":
-            self._log(f"Export environment ready: {result}")
             pending, self._pending = self._pending, None
             if pending is not None:
                 self.start_export(*pending)
-            return
-        if kind == "try":
-            self._show_reply(result)
-            return
-        self._export_done(result)
+        elif kind == "try":
+            self.try_step.add_reply(result[0] if result else "")
+        else:
+            self._export_done(result)
 
     def _export_done(self, result: ExportResult) -> None:
-        from textual.widgets import Markdown
-
         self.result = result
         self.state = "done"
         self._ended = time.monotonic()
+        self._running_layout(False)
+        self.query_one(StageList).finish()
         ok = result.status == "ok"
-        status = Text(
-            f"{'done' if ok else 'done, verification FAILED'} in {format_seconds(result.seconds)}",
-            style="bold green" if ok else "bold red",
+        word = "done" if ok else "done, verification FAILED"
+        self._show_status(
+            Text(f"{word} in {format_seconds(result.seconds)}", "bold green" if ok else "bold red")
         )
-        self._show_export_status(status)
-        self.query_one("#start-export", Button).display = True
-        self.query_one("#report-verdict", Static).update(verdict_text(result))
-        self.query_one("#report-md", Markdown).update(report_markdown_of(result))
-        self._fill_bundles()
-        if self.source is not None:
-            self._check_settings()  # the export exists now
+        self.query_one(ReportStep).show(result)
+        self.try_step.set_bundles(bundles_of(result))
+        self.settings.check()  # the export exists now
         self.notify(
             f"{result.out_dir.name}: {'ready' if ok else 'verification FAILED'}.",
             title="Export finished",
@@ -934,66 +591,72 @@ class ExportScreen(JobScreen):
 
     @on(Worker.StateChanged)
     def _job_ended(self, event: Worker.StateChanged) -> None:
+        """A job failed or was cancelled (the base class shows the error modal)."""
         from pipeline.errors import JobCancelled, PipelineError
 
-        if event.state not in (WorkerState.ERROR, WorkerState.CANCELLED):
-            if event.state is WorkerState.SUCCESS:
-                self._kinds.pop(event.worker, None)
-                self.refresh_bindings()
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
         kind = self._kinds.pop(event.worker, None)
-        if kind is None:
+        if kind is None or event.state is WorkerState.SUCCESS:
             return
         error = event.worker.error
+        cancelled = event.state is WorkerState.CANCELLED or isinstance(error, JobCancelled)
         if kind == "try":
-            self._show_reply(None, error)
+            if cancelled:
+                self.try_step.add_reply("(cancelled)")
+            elif isinstance(error, PipelineError):
+                self.try_step.add_reply(f"(failed: {error.message})")
+            else:
+                self.try_step.add_reply(f"(failed: {type(error).__name__}: {error})")
             return
         self._pending = None
         self._ended = time.monotonic()
+        self._running_layout(False)
         stages = self.query_one(StageList)
-        self.query_one("#start-export", Button).display = True
-        if event.state is WorkerState.CANCELLED or isinstance(error, JobCancelled):
+        if cancelled:
             self.state = "cancelled"
             stages.stop_running("cancelled", "cancelled")
-            self._show_export_status(
+            self._show_status(
                 Text(f"cancelled after {self._elapsed()}, nothing written", style="bold yellow")
             )
             self._log("Cancelled; nothing was written.")
             return
         self.state = "failed"
+        text = Text()
         if isinstance(error, PipelineError):
             stages.stop_running("failed", error.message)
-            text = Text(f"✗ {error.title}: ", style="bold red")
+            text.append(f"✗ {error.title}: ", style="bold red")
             text.append(error.message, style="red")
             if error.hint:
                 text.append(f"\nHint: {error.hint}", style="yellow")
         else:
             stages.stop_running("failed", str(error))
-            text = Text(f"✗ Unexpected error: {type(error).__name__}: {error}", style="bold red")
-        self._show_export_status(text)
+            text.append(f"✗ Unexpected error: {type(error).__name__}: {error}", style="bold red")
+        self._show_status(text)
         self._log(text.plain)
 
     def action_cancel(self) -> None:
-        if self.job is None:
+        job = self.job
+        if job is None:
             return
-        if self.job.kind == "try":
+        if job.kind == "try":
             self._stop.set()
             return
         if self._stop.is_set():
             self.notify("Already cancelling: the converter is being stopped.")
             return
-        creating = self.job.kind == "env"
 
         def answered(yes: bool | None) -> None:
-            if yes and self.busy:
+            if yes and self.job is job:
                 self._stop.set()
                 self.query_one(JobBar).show_detail("cancelling…")
-                self._show_export_status()
+                self._show_status()
 
+        creating = job.kind == "env"
         self.app.push_screen(
             ConfirmModal(
                 "Cancel creating the environment?" if creating else "Cancel the export?",
-                "The installer is stopped; run it again later (F5)."
+                "The installer is stopped; F5 offers it again."
                 if creating
                 else "The converter is stopped and its temporary folder removed: nothing is "
                 "written under exports/.",
@@ -1005,105 +668,26 @@ class ExportScreen(JobScreen):
 
     # ---- step 5: try it
 
-    def _bundles(self) -> list[Path]:
-        if self.result is None:
-            return []
-        return [
-            self.result.out_dir / name
-            for name in self.result.files
-            if Path(name).suffix in BUNDLE_SUFFIXES
-        ]
-
-    def _fill_bundles(self) -> None:
-        bundles = {path.suffix: path for path in self._bundles()}
-        task = self.query_one("#try-task", RadioButton)
-        litertlm = self.query_one("#try-litertlm", RadioButton)
-        task.disabled = ".task" not in bundles
-        litertlm.disabled = ".litertlm" not in bundles
-        if task.disabled and not litertlm.disabled:
-            litertlm.value = True
-        elif not task.disabled:
-            task.value = True
-        names = ", ".join(path.name for path in bundles.values()) or "none"
-        intro = Text("Ask the exported model one question", style="bold")
-        intro.append(
-            f" (a fresh conversation each time, greedy, up to {TRY_MAX_NEW_TOKENS} tokens, on "
-            f"the CPU). Bundles: {names}. F3 switches.",
-            style="dim",
-        )
-        self.query_one("#try-intro", Static).update(intro)
-        self._strip()
-
-    def chosen_bundle(self) -> Path | None:
-        """The bundle the Try-it step asks: the chosen .task or .litertlm."""
-        bundles = {path.suffix: path for path in self._bundles()}
-        wanted = ".litertlm" if self.query_one("#try-litertlm", RadioButton).value else ".task"
-        return bundles.get(wanted) or next(iter(bundles.values()), None)
-
     def action_switch_bundle(self) -> None:
-        task = self.query_one("#try-task", RadioButton)
-        litertlm = self.query_one("#try-litertlm", RadioButton)
-        other = litertlm if task.value else task
-        if other.disabled:
+        if not self.try_step.switch():
             self.notify("This export has only one bundle.", severity="warning")
-            return
-        other.value = True
 
-    @on(Input.Submitted, "#try-prompt")
-    def _ask(self, event: Input.Submitted) -> None:
-        event.stop()
-        text = event.value.strip()
-        bundle = self.chosen_bundle()
-        if not text or bundle is None or self.say_busy():
-            return
+    @on(TryStep.Asked)
+    def _asked(self, message: TryStep.Asked) -> None:
         replies = self.replies_fn
         if replies is None:
             from pipeline.export.job import bundle_replies as replies
-        if not self._begin("try", f"Asking the {bundle.suffix}"):
+        if self.start_job("try", f"Asking the {message.bundle.suffix}") is None:
             return
-        self._asking = (bundle.name, text)
-        event.input.value = ""
-        self._show_transcript(pending=(bundle.name, text))
-        self._launch(
-            partial(
-                replies,
-                bundle,
-                [text],
-                max_new_tokens=TRY_MAX_NEW_TOKENS,
-                workspace=self._workspace(),
-            )
+        self.try_step.asking(message.bundle, message.text)
+        body = partial(
+            replies,
+            message.bundle,
+            [message.text],
+            max_new_tokens=TRY_MAX_NEW_TOKENS,
+            workspace=self._workspace(),
         )
-
-    def _show_reply(self, result: list[str] | None, error: BaseException | None = None) -> None:
-        name, prompt = self._asking
-        if result is not None:
-            reply = result[0] if result else ""
-            self.replies.append((name, prompt, reply))
-        elif error is not None:
-            from pipeline.errors import JobCancelled, PipelineError
-
-            if isinstance(error, JobCancelled):
-                reply = "(cancelled)"
-            elif isinstance(error, PipelineError):
-                reply = f"(failed: {error.message})"
-            else:
-                reply = f"(failed: {type(error).__name__}: {error})"
-            self.replies.append((name, prompt, reply))
-        self._show_transcript()
-
-    def _show_transcript(self, pending: tuple[str, str] | None = None) -> None:
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column(no_wrap=True)
-        table.add_column(ratio=1)
-        exchanges = [(n, p, Text(r)) for n, p, r in self.replies]
-        if pending is not None:
-            exchanges.append((pending[0], pending[1], Text("thinking…", style="dim italic")))
-        for name, prompt, reply in exchanges:
-            table.add_row(Text("you", style="bold cyan"), Text(prompt))
-            table.add_row(Text(Path(name).suffix.lstrip("."), style="bold magenta"), reply)
-            table.add_row("", "")
-        self.query_one("#try-replies", Static).update(table)
-        self.query_one("#try-transcript", VerticalScroll).scroll_end(animate=False)
+        self._launch(body)
 
     # ---- helpers
 

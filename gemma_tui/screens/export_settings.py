@@ -1,9 +1,12 @@
-"""What the Export wizard's settings step computes: the options from the fields as typed,
-and the size and memory each quantization needs. No widgets here, so it is tested directly.
+"""The Export wizard's second step: quantization, lengths, formats, verification.
 
-:func:`parse_settings` turns the fields' text into :class:`~pipeline.export.job.ExportOptions`
-checked by :func:`~pipeline.export.job.check_options` (every problem in one message, the
-pipeline's words); :func:`quant_rows` is the table of the six quantizations from
+:class:`SettingsStep` shows the six quantizations with what each costs (a table), the memory
+available now against the converter's peak, and the fields; every change is checked and the
+problems shown in place, then :class:`SettingsStep.Changed` is posted. Its parts are plain
+functions, tested directly: :func:`parse_settings` turns the fields' text into
+:class:`~pipeline.export.job.ExportOptions` checked by
+:func:`~pipeline.export.job.check_options` (every problem in one message, the pipeline's
+words); :func:`quant_rows` estimates each quantization with
 :func:`~pipeline.export.job.estimate_export`; :func:`memory_text` compares the converter's
 peak with the memory available now.
 """
@@ -12,13 +15,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
+from textual import on
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Checkbox, DataTable, Input, Label, Static
+from textual.widgets.data_table import CellDoesNotExist
 
 if TYPE_CHECKING:
-    from pipeline.export.job import ExportEstimate, ExportOptions
+    from textual.app import ComposeResult
+
+    from pipeline.export.job import ExportEstimate, ExportOptions, ExportSource
     from pipeline.models.config import GemmaArch
+
+DEFAULT_QUANT = "dynamic_int8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +171,17 @@ def memory_text(estimate: ExportEstimate | None, available: int | None) -> Text:
     from pipeline.export.job import gib, human_bytes
 
     if estimate is None:
-        text = Text("Model size unknown: no estimate of the converter's memory. ", style="yellow")
-        text.append(f"Available now: {gib(available)}." if available is not None else "")
+        text = Text()
+        text.append("Model size unknown: no estimate of the converter's memory.", style="yellow")
+        text.append(f" Available now: {gib(available)}." if available is not None else "")
         return text
     need = gib(estimate.peak_ram_bytes)
     kv = human_bytes(estimate.kv_cache_bytes)
     if available is None:
         return Text(f"The converter needs about {need} at its peak (KV cache {kv}).")
     if estimate.peak_ram_bytes > available:
-        text = Text(
+        text = Text()
+        text.append(
             f"Not enough memory: the converter needs about {need} at its peak, only "
             f"{gib(available)} is available now.",
             style="bold red",
@@ -180,3 +195,186 @@ def memory_text(estimate: ExportEstimate | None, available: int | None) -> Text:
         f"Available RAM {gib(available)}; the converter needs about {need} at its peak "
         f"(KV cache {kv})."
     )
+
+
+class SettingsStep(Vertical):
+    """The quantization table, the memory line, the fields and their problems."""
+
+    class Changed(Message):
+        """The settings were checked again (``options`` None: see ``error``)."""
+
+    class Confirmed(Message):
+        """Enter in the table or a field: go on to the export."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.quant = DEFAULT_QUANT
+        self.source: ExportSource | None = None
+        self.arch: GemmaArch | None = None
+        self.exports_dir: Path | None = None
+        self.options: ExportOptions | None = None
+        self.error: str | None = None
+        self.existing: Path | None = None
+        """An export folder that already has the name this export would take."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="settings-source")
+        yield DataTable(id="quant-table", cursor_type="row")
+        yield Static(id="settings-memory")
+        with Horizontal(classes="settings-row"):
+            yield Label("prefill lengths", classes="settings-label")
+            yield Input("128", id="opt-prefill", compact=True)
+            yield Label("KV-cache length", classes="settings-label")
+            yield Input("1280", id="opt-kv", compact=True)
+        with Horizontal(classes="settings-row"):
+            yield Label("verify threshold", classes="settings-label")
+            yield Input(default_threshold(DEFAULT_QUANT), id="opt-threshold", compact=True)
+            yield Label("max new tokens", classes="settings-label")
+            yield Input("32", id="opt-max-new", compact=True)
+        with Horizontal(classes="settings-row"):
+            yield Label("formats", classes="settings-label")
+            yield Checkbox(".task", True, id="fmt-task", compact=True)
+            yield Checkbox(".litertlm", True, id="fmt-litertlm", compact=True)
+            yield Checkbox(".tflite", False, id="fmt-tflite", compact=True)
+            yield Checkbox("replace an existing export", False, id="opt-force", compact=True)
+        yield Static(id="settings-error")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#quant-table", DataTable)
+        table.border_title = "Quantization"
+        for key, label in QUANT_COLUMNS:
+            table.add_column(label, key=key)
+        self.refresh_estimates()
+        self.check()
+
+    def set_source(
+        self, source: ExportSource | None, arch: GemmaArch | None, exports_dir: Path
+    ) -> None:
+        """The checkpoint to export (from the source step) and where exports go."""
+        self.source, self.arch, self.exports_dir = source, arch, exports_dir
+        self.refresh_estimates()
+        self.check()
+
+    # ---- the table
+
+    def refresh_estimates(self) -> None:
+        """Estimate every quantization again (the architecture, the KV length or the free
+        memory changed)."""
+        from pipeline.export.job import available_memory
+
+        table = self.query_one("#quant-table", DataTable)
+        try:
+            kv_len = max(int(self.query_one("#opt-kv", Input).value.strip()), 1)
+        except ValueError:
+            kv_len = 1280
+        available = available_memory()
+        rows = quant_rows(self.arch, kv_len)
+        if [key.value for key in table.rows] != [row.quant for row in rows]:
+            table.clear()
+            for row in rows:
+                table.add_row(*quant_cells(row, available), key=row.quant)
+            table.move_cursor(row=[r.quant for r in rows].index(self.quant), animate=False)
+        else:
+            for row in rows:
+                cells = quant_cells(row, available)
+                for (column, _), value in zip(QUANT_COLUMNS, cells, strict=True):
+                    try:
+                        table.update_cell(row.quant, column, value, update_width=True)
+                    except CellDoesNotExist:
+                        continue
+        estimate = next((r.estimate for r in rows if r.quant == self.quant), None)
+        self.query_one("#settings-memory", Static).update(memory_text(estimate, available))
+
+    @on(DataTable.RowHighlighted, "#quant-table")
+    def _quant_row(self, event: DataTable.RowHighlighted) -> None:
+        quant = event.row_key.value
+        if quant is None or quant == self.quant or event.cursor_row != event.data_table.cursor_row:
+            return
+        threshold = self.query_one("#opt-threshold", Input)
+        if threshold.value.strip() == default_threshold(self.quant):
+            threshold.value = default_threshold(quant)  # untouched: follow the quantization
+        self.quant = quant
+        self.refresh_estimates()
+        self.check()
+
+    @on(DataTable.RowSelected, "#quant-table")
+    def _quant_chosen(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(self.Confirmed())
+
+    # ---- the fields
+
+    @on(Input.Changed)
+    def _field_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.input.id == "opt-kv":
+            self.refresh_estimates()
+        self.check()
+
+    @on(Input.Submitted)
+    def _field_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.post_message(self.Confirmed())
+
+    @on(Checkbox.Changed)
+    def _checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self.check()
+
+    def fields(self) -> SettingsFields:
+        formats = tuple(
+            name
+            for name in ("task", "litertlm", "tflite")
+            if self.query_one(f"#fmt-{name}", Checkbox).value
+        )
+        return SettingsFields(
+            quant=self.quant,
+            prefill=self.query_one("#opt-prefill", Input).value,
+            kv_len=self.query_one("#opt-kv", Input).value,
+            threshold=self.query_one("#opt-threshold", Input).value,
+            max_new_tokens=self.query_one("#opt-max-new", Input).value,
+            formats=formats,
+            force=self.query_one("#opt-force", Checkbox).value,
+        )
+
+    def set_disabled(self, disabled: bool) -> None:
+        """Read-only while an export runs."""
+        for widget in self.query("Input, Checkbox"):
+            widget.disabled = disabled
+
+    def check(self) -> None:
+        """Check the settings as they are now; show the problems in place."""
+        from pipeline.export.job import export_name
+
+        options, error = parse_settings(self.fields())
+        self.options, self.error = options, error
+        self.existing = None
+        if options is not None and self.source is not None and self.exports_dir is not None:
+            folder = self.exports_dir / export_name(self.source, options.quant)
+            self.existing = folder if folder.exists() else None
+        line = self.query_one("#settings-source", Static)
+        if self.source is not None:
+            text = Text()
+            text.append(f"{self.source.run_dir.name} · ", style="dim")
+            text.append("final" if self.source.final else self.source.checkpoint.name, "bold")
+            text.append(f" · {self.source.model_source}", style="dim")
+            text.append(f" ({self.arch.name if self.arch else 'unknown'})", style="dim")
+            text.append(f" → exports/{export_name(self.source, self.quant)}")
+            line.update(text)
+        else:
+            line.update(Text("No checkpoint chosen (step 1).", style="yellow"))
+        box = self.query_one("#settings-error", Static)
+        if error is not None:
+            box.update(Text(f"✗ {error}", style="bold red"))
+        elif self.existing is not None and not (options and options.force):
+            box.update(
+                Text(
+                    f"An export named {self.existing.name} exists; tick “replace an existing "
+                    "export” to overwrite it.",
+                    style="yellow",
+                )
+            )
+        else:
+            box.update(Text("✓ Settings are valid; F5 starts the export.", style="green"))
+        box.set_class(error is not None, "-error")
+        self.post_message(self.Changed())

@@ -8,7 +8,8 @@ run); the table is rebuilt only when runs appear or go.
 Enter opens a run (:class:`~gemma_tui.screens.runs_detail.RunDetailScreen`, which follows a
 running run live); space marks runs and ``c`` compares the marked ones on one plot; ``r``
 resumes a stopped run (here or detached), ``s`` asks a running run to stop, ``d`` deletes a
-run that no process holds, ``e`` opens the Export screen (4) on the run. Nothing here writes a run except ``request_stop`` and the delete.
+run that no process holds, ``e`` opens the Export screen (4) on the run. Nothing here writes
+a run except ``request_stop`` and the delete.
 """
 
 from __future__ import annotations

@@ -61,11 +61,9 @@ def export_stages(options: ExportOptions) -> list[str]:
     stages += ["checkpoint", "load", "convert"]
     stages += [f"bundle_{f}" for f in bundles]
     if options.verify:
-        if "task" in bundles:
-            stages.append("verify_task")
+        # the interpreter runs the .task's own contents, else the converted model itself
+        stages.append("verify_task" if "task" in bundles else "verify_tflite")
         stages += [f"verify_{f}_engine" for f in bundles]
-        if not bundles:
-            stages.append("verify_tflite")
         stages.append("verify")
     return stages
 
@@ -76,11 +74,11 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds:.1f} s"
     if seconds < 60:
         return f"{seconds:.0f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s"
 
 
-StageState = Literal["pending", "running", "done", "failed", "cancelled"]
+StageState = Literal["pending", "running", "done", "failed", "cancelled", "skipped"]
 
 STATE_MARKS: dict[str, tuple[str, str]] = {
     "pending": ("·", "dim"),
@@ -88,6 +86,7 @@ STATE_MARKS: dict[str, tuple[str, str]] = {
     "done": ("✓", "green"),
     "failed": ("✗", "bold red"),
     "cancelled": ("■", "yellow"),
+    "skipped": ("–", "dim"),
 }
 
 
@@ -174,8 +173,15 @@ class StageList(Static):
         self.redraw()
 
     def start(self, name: str, detail: str = "") -> bool:
-        """Mark ``name`` running (False: not a stage of this list)."""
+        """Mark ``name`` running (False: not a stage of this list). A stage of the export
+        that the plan left out (:data:`STAGE_LABELS`) joins the list before the first
+        pending one: the list follows the pipeline even where the plan is out of date."""
         row = self.rows.get(name)
+        if row is None and name in STAGE_LABELS:
+            row = StageRow(name)
+            rows = list(self.rows.items())
+            at = next((i for i, (_, r) in enumerate(rows) if r.state == "pending"), len(rows))
+            self.rows = dict([*rows[:at], (name, row), *rows[at:]])
         if row is None:
             return False
         row.state, row.started, row.detail, row.seconds = "running", self.clock(), detail, None
@@ -218,6 +224,13 @@ class StageList(Static):
             row.seconds = self.clock() - row.started
         row.state, row.started = state, None
         row.summary = summary or row.detail
+        self.redraw()
+
+    def finish(self) -> None:
+        """The job succeeded: stages that never ran were not needed."""
+        for row in self.rows.values():
+            if row.state == "pending":
+                row.state = "skipped"
         self.redraw()
 
     @property

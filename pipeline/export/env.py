@@ -172,4 +172,3 @@ def create_export_env(
         StageDone("export-env", f"export environment ready: {target}", time.perf_counter() - start)
     )
     return target / "bin" / "python"
-

@@ -62,8 +62,9 @@ from pipeline.export.verify import (
     Reference,
     VerifyReport,
     build_report,
+    engine_report,
+    interpreter_report,
     report_markdown,
-    runtime_report,
 )
 from pipeline.models.config import GemmaArch
 from pipeline.utils.fileio import atomic_write
@@ -818,6 +819,7 @@ def export_run(
             "stop_ids": [1, 106],
             "verify": {
                 "prompts": [list(r.prompt_ids) for r in refs],
+                "references": [list(r.ids) for r in refs],
                 "texts": [r.prompt for r in refs],
                 "max_new_tokens": opts.max_new_tokens,
                 "threads": opts.threads or min(os.cpu_count() or 2, 4),
@@ -904,25 +906,42 @@ def _report(
     from pipeline.models.tokenizer import GemmaTokenizer
 
     tokenizer = GemmaTokenizer.from_file(hf_dir / "tokenizer.model")
-    runtimes = []
-    for event in generated:
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text))
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids))
+
+    interp = [e for e in generated if e["runtime"] == "interpreter"]
+    engines = [e for e in generated if e["runtime"] == "litert_lm"]
+    if not interp:
+        raise ExportError("the worker did not run the converted model in the interpreter")
+    first = interpreter_report(
+        str(interp[0]["bundle"]),
+        refs,
+        interp[0]["results"],
+        threshold=opts.threshold,
+        max_new_tokens=opts.max_new_tokens,
+        decode=decode,
+    )
+    runtimes = [first]
+    for event in engines:
         runtimes.append(
-            runtime_report(
+            engine_report(
                 str(event["bundle"]),
-                str(event["runtime"]),
                 refs,
                 event["results"],
+                first,
                 threshold=opts.threshold,
-                max_new_tokens=opts.max_new_tokens,
-                encode=lambda text: list(tokenizer.encode(text)),
-                decode=lambda ids: tokenizer.decode(list(ids)),
+                encode=encode,
+                decode=decode,
             )
         )
-    expected = {("task", "interpreter")} if "task" in opts.formats else set()
-    expected |= {(f, "litert_lm") for f in opts.formats if f in ("task", "litertlm")}
-    got = {(r.bundle, r.runtime) for r in runtimes}
-    if expected - got:
-        raise ExportError(f"the worker did not run {sorted(expected - got)}")
+    wanted = {f for f in opts.formats if f in ("task", "litertlm")}
+    missing = wanted - {str(e["bundle"]) for e in engines}
+    if missing:
+        raise ExportError(f"the worker did not run LiteRT-LM on {sorted(missing)}")
     return build_report(opts.quant, opts.threshold, opts.max_new_tokens, runtimes)
 
 
@@ -983,7 +1002,13 @@ def _manifest(
             "passed": report.passed,
             "threshold": report.threshold,
             "summary": report.summary(),
-            "runtimes": {f"{r.bundle}/{r.runtime}": round(r.agreement, 4) for r in report.runtimes},
+            "runtimes": {
+                f"{r.bundle}/{r.runtime}": {
+                    r.gate_name: round(r.gate, 4),
+                    "greedy token agreement": round(r.agreement, 4),
+                }
+                for r in report.runtimes
+            },
         },
         "stages_seconds": {k: round(v, 2) for k, v in stages.items()},
         "converter_peak_rss_bytes": peak,

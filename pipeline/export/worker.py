@@ -377,6 +377,15 @@ class TfliteLoop:
         self.pos += 1
         return out["logits"][0, -1]
 
+    def forced(self, prompt: list[int], continuation: list[int]) -> list[int]:
+        """Teacher-forced argmax: after the prompt and each token of ``continuation``, the
+        token the model ranks first (``len(continuation) + 1`` predictions; the last one is
+        what follows the whole continuation, e.g. its stop token)."""
+        np = self.np
+        self.reset()
+        self.feed(list(prompt[:-1]))
+        return [int(np.argmax(self.step(t))) for t in [prompt[-1], *continuation]]
+
     def greedy(self, prompt: list[int], max_new: int, stop_ids: set[int]) -> dict[str, Any]:
         """``{"ids": continuation, "stopped": stop id or None, "first_token_s", "decode_s"}``."""
         np = self.np
@@ -422,16 +431,39 @@ def stop_ids_from(tokenizer: bytes, metadata: bytes, candidates: list[str]) -> s
     return {sp.piece_to_id(t) for t in candidates if t.encode() in metadata}
 
 
+def interpreter_runs(plan: dict[str, Any], loop: TfliteLoop, stop_ids: set[int]) -> list[Any]:
+    """Free-running greedy replies and teacher-forced predictions for every prompt."""
+    v = plan["verify"]
+    new = int(v["max_new_tokens"])
+    results = []
+    for prompt, reference in zip(v["prompts"], v["references"], strict=True):
+        result = loop.greedy(list(prompt), new, stop_ids)
+        # the reference's own tokens (its stop token excluded) fed back one at a time
+        result["forced"] = loop.forced(list(prompt), [int(t) for t in reference])
+        results.append(result)
+    return results
+
+
 def verify_task(plan: dict[str, Any], bundle: Path, rss: PeakRss) -> None:
+    """The interpreter on what the ``.task`` holds: its model, tokenizer and stop tokens."""
     v = plan["verify"]
     with Stage("verify_task", rss, detail=f"{len(v['prompts'])} prompts") as st:
         model, tokenizer, metadata = task_contents(bundle)
         stop_ids = stop_ids_from(tokenizer, metadata, list(plan["stop_tokens"]))
         loop = TfliteLoop(model, int(v.get("threads", 2)))
-        results = [loop.greedy(list(p), int(v["max_new_tokens"]), stop_ids) for p in v["prompts"]]
+        results = interpreter_runs(plan, loop, stop_ids)
         st.info["runtime"] = "ai_edge_litert interpreter (bundle's model, tokenizer, stop tokens)"
         st.info["stop_ids"] = sorted(stop_ids)
         emit("generated", bundle="task", runtime="interpreter", results=results)
+
+
+def verify_tflite(plan: dict[str, Any], tflite: Path, rss: PeakRss) -> None:
+    """The interpreter on the converted model itself (no ``.task`` was asked for)."""
+    v = plan["verify"]
+    with Stage("verify_tflite", rss, detail=f"{len(v['prompts'])} prompts"):
+        loop = TfliteLoop(str(tflite), int(v.get("threads", 2)))
+        results = interpreter_runs(plan, loop, {int(i) for i in plan["stop_ids"]})
+        emit("generated", bundle="tflite", runtime="interpreter", results=results)
 
 
 def run_engine(path: Path, texts: list[str], max_new: int, kv_len: int, cache: Path) -> list[Any]:
@@ -544,17 +576,10 @@ def main(argv: list[str]) -> int:
         if plan.get("verify"):
             if "task" in bundles:
                 verify_task(plan, bundles["task"], rss)
+            else:
+                verify_tflite(plan, tflite, rss)
             for kind, path in bundles.items():
                 verify_engine(plan, path, kind, rss)
-            if not bundles:
-                with Stage("verify_tflite", rss):
-                    v = plan["verify"]
-                    loop = TfliteLoop(str(tflite), int(v.get("threads", 2)))
-                    stop = set(int(i) for i in plan["stop_ids"])
-                    res = [
-                        loop.greedy(list(p), int(v["max_new_tokens"]), stop) for p in v["prompts"]
-                    ]
-                    emit("generated", bundle="tflite", runtime="interpreter", results=res)
         if "tflite" not in plan["formats"]:
             tflite.unlink()
     except Exception:  # the failed stage has been reported with its traceback

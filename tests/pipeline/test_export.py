@@ -29,7 +29,14 @@ from pipeline.export.job import (
     read_manifest,
     resolve_source,
 )
-from pipeline.export.verify import Reference, compare, compare_text, runtime_report
+from pipeline.export.verify import (
+    Reference,
+    compare,
+    compare_text,
+    engine_report,
+    forced_agreement,
+    interpreter_report,
+)
 from pipeline.models.config import ARCH_1B, ARCH_270M
 from pipeline.profiles.io import loads_profile
 from pipeline.training.trainer import train
@@ -205,17 +212,45 @@ def test_compare_text_ignores_silent_tokens_but_not_words():
     assert ran_on.stop_test == "fail"
     wrong = compare_text(_ref([5, 6, 8]), "Hello!", encode=encode, decode=decode)
     assert wrong.first_divergence == 1 and wrong.agreement == pytest.approx(1 / 3)
-    report = runtime_report(
+    interp = interpreter_report(
         "task",
-        "litert_lm",
+        [_ref([5, 6], 106), _ref([5, 6, 8])],
+        [
+            {"ids": [5, 6], "stopped": 106, "forced": [5, 6, 106]},
+            {"ids": [5, 6, 8], "stopped": None, "forced": [5, 9, 8, 1]},
+        ],
+        threshold=0.7,
+        max_new_tokens=8,
+        decode=decode,
+    )
+    assert interp.gate == pytest.approx(5 / 6) and interp.stop_pass == 1 and interp.passed
+    # the engine ran on past the interpreter's stop: the bundle's stop tokens are wrong
+    engine = engine_report(
+        "task",
         [_ref([5, 6], 106), _ref([5, 6, 8])],
         [{"text": "Hello world!"}, {"text": "Hello world!"}],
+        interp,
         threshold=0.5,
-        max_new_tokens=8,
         encode=encode,
         decode=decode,
     )
-    assert report.stop_fail == 1 and not report.passed  # a failed stop test fails the export
+    assert engine.stop_fail == 1 and not engine.passed
+    same = engine_report(
+        "task",
+        [_ref([5, 6], 106), _ref([5, 6, 8])],
+        [{"text": "Hello world"}, {"text": "Hello world!"}],
+        interp,
+        threshold=1.0,
+        encode=encode,
+        decode=decode,
+    )
+    assert same.gate == 1.0 and same.stop_pass == 1 and same.passed
+
+
+def test_forced_agreement_counts_the_stop_token():
+    assert forced_agreement(_ref([5, 6], 106), [5, 6, 106]) == 1.0
+    assert forced_agreement(_ref([5, 6], 106), [5, 6, 7]) == pytest.approx(2 / 3)
+    assert forced_agreement(_ref([5, 6]), [5, 7, 9]) == 0.5
 
 
 # --------------------------------------------------------------------------- sources
@@ -305,14 +340,15 @@ def test_tiny_chain_exports_and_agrees_exactly(export_env, tiny_run, quant: str)
     assert out == ws.exports_dir / f"tiny-run-final-{'f32' if quant == 'none' else 'fp16'}"
     assert result.status == "ok", result.report and result.report.summary()
     assert result.report is not None and result.report.passed
-    got = {(r.bundle, r.runtime): r.agreement for r in result.report.runtimes}
+    got = {(r.bundle, r.runtime): (r.agreement, r.gate) for r in result.report.runtimes}
     assert got == {
-        ("task", "interpreter"): 1.0,
-        ("task", "litert_lm"): 1.0,
-        ("litertlm", "litert_lm"): 1.0,
+        ("task", "interpreter"): (1.0, 1.0),
+        ("task", "litert_lm"): (1.0, 1.0),
+        ("litertlm", "litert_lm"): (1.0, 1.0),
     }
     for r in result.report.runtimes:
         assert all(p.first_divergence is None for p in r.prompts)
+        assert r.runtime != "interpreter" or all(p.forced_agreement == 1.0 for p in r.prompts)
         assert all(len(p.expected) > 0 for p in r.prompts)
     # the stages ran in order and each one said so
     started = [e.stage for e in events if isinstance(e, StageStarted)]

@@ -42,8 +42,9 @@ from pipeline.export.verify import (
     Reference,
     VerifyReport,
     build_report,
+    engine_report,
+    interpreter_report,
     report_markdown,
-    runtime_report,
 )
 from pipeline.workspace import Workspace
 
@@ -77,35 +78,33 @@ def _encode(text: str) -> list[int]:
 
 
 def scripted_report(options: ExportOptions, *, passed: bool) -> VerifyReport:
-    """A verification report computed by the pipeline on scripted ids: identical replies
-    when ``passed``, else the interpreter drifts after two tokens."""
+    """A verification report computed by the pipeline on scripted ids (what the worker
+    reports, shaped as in ``job._report``): identical replies when ``passed``, else the
+    interpreter drifts after two tokens and LiteRT-LM follows it."""
     refs = [
         Reference(prompt, (2, 10 + n), tuple(range(10 + n, 16 + n)), 106)
         for n, prompt in enumerate(PROMPTS)
     ]
-    runtimes = []
-    formats = [f for f in ("task", "litertlm") if f in options.formats]
-    for fmt in formats:
-        if fmt == "task":
-            results = [
-                {"ids": list(r.ids), "stopped": 106}
-                if passed
-                else {"ids": [*r.ids[:2], 3, 3, 3, 3, 3, 3], "stopped": None}
-                for r in refs
-            ]
-            runtimes.append(
-                runtime_report(
-                    "task", "interpreter", refs, results,
-                    threshold=options.threshold, max_new_tokens=options.max_new_tokens,
-                    encode=_encode, decode=_decode,
-                )
-            )  # fmt: skip
-        texts = [{"text": _decode(r.ids)} for r in refs]
+    if passed:
+        runs = [{"ids": list(r.ids), "stopped": 106, "forced": [*r.ids, 106]} for r in refs]
+    else:
+        drift = [3, 3, 3, 3, 3, 3]
+        runs = [
+            {"ids": [*r.ids[:2], *drift], "stopped": None, "forced": [*r.ids[:2], *drift, 3]}
+            for r in refs
+        ]
+    bundles = [f for f in ("task", "litertlm") if f in options.formats]
+    interpreter = interpreter_report(
+        "task" if "task" in bundles else "tflite", refs, runs,
+        threshold=options.threshold, max_new_tokens=options.max_new_tokens, decode=_decode,
+    )  # fmt: skip
+    runtimes = [interpreter]
+    for fmt in bundles:
+        texts = [{"text": _decode(run["ids"])} for run in runs]
         runtimes.append(
-            runtime_report(
-                fmt, "litert_lm", refs, texts,
-                threshold=options.threshold, max_new_tokens=options.max_new_tokens,
-                encode=_encode, decode=_decode,
+            engine_report(
+                fmt, refs, texts, interpreter,
+                threshold=options.threshold, encode=_encode, decode=_decode,
             )
         )  # fmt: skip
     return build_report(options.quant, options.threshold, options.max_new_tokens, runtimes)
@@ -117,9 +116,8 @@ def stages_of(options: ExportOptions) -> list[str]:
     out = ["tools", "merge"] + (["reference"] if options.verify else [])
     out += ["checkpoint", "load", "convert"] + [f"bundle_{f}" for f in bundles]
     if options.verify:
-        out += ["verify_task"] if "task" in bundles else []
+        out += ["verify_task"] if "task" in bundles else ["verify_tflite"]
         out += [f"verify_{f}_engine" for f in bundles]
-        out += [] if bundles else ["verify_tflite"]
         out += ["verify"]
     return out
 
