@@ -162,7 +162,7 @@ def test_task_other_bad_members(tmp_path: Path):
         bundles.check_task(garbage)
     lm = tmp_path / "x.litertlm"
     lm.write_bytes(b"PK\x03\x04 something else")
-    with pytest.raises(ExportError, match="not a .litertlm file"):
+    with pytest.raises(ExportError, match=r"not a \.litertlm file"):
         bundles.check_litertlm(lm)
 
 
@@ -294,7 +294,7 @@ def test_resolve_source_picks_and_refuses(tiny_run, tmp_path: Path):
     # a corrupt safetensors (the PEFT copy of the adapter), cut short
     peft = broken_run / "checkpoints" / "step-000002" / "adapter_model.safetensors"
     peft.write_bytes(peft.read_bytes()[:-10])
-    with pytest.raises(ExportError, match="damaged.*not a valid safetensors file"):
+    with pytest.raises(ExportError, match=r"damaged.*not a valid safetensors file"):
         resolve_source(broken_run, 2, ws)
 
     # a run that never saved a checkpoint

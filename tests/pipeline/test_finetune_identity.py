@@ -55,8 +55,19 @@ def _profile() -> Profile:
     )
 
 
+@pytest.fixture(scope="module")
+def identity_run(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from pipeline.training.trainer import train
+
+    tmp_path = tmp_path_factory.mktemp("identity")
+    data = _identity_file(shared_datasets, tmp_path)
+    # The model cache lives in the default workspace (shared with the other real-model tests);
+    # the run itself goes to tmp_path.
+    return train(_profile(), data=data, run_dir=tmp_path / "run")
+
+
 @pytest.mark.slow
-def test_identity_finetune_learns_the_new_name(shared_datasets: Path, tmp_path: Path) -> None:
+def test_identity_finetune_learns_the_new_name(identity_run: Any) -> None:
     import jax
 
     from pipeline.data.formatter import format_prompt
@@ -66,12 +77,8 @@ def test_identity_finetune_learns_the_new_name(shared_datasets: Path, tmp_path: 
     from pipeline.models.lora import load_npz
     from pipeline.training.generate import greedy_ids
     from pipeline.training.runs import read_metrics
-    from pipeline.training.trainer import train
 
-    data = _identity_file(shared_datasets, tmp_path)
-    # The model cache lives in the default workspace (shared with the other real-model tests);
-    # the run itself goes to tmp_path.
-    result = train(_profile(), data=data, run_dir=tmp_path / "run")
+    result = identity_run
     assert result.status == "finished", result.message
     losses = [
         r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl") if r["type"] == "train"
@@ -97,3 +104,37 @@ def test_identity_finetune_learns_the_new_name(shared_datasets: Path, tmp_path: 
     print(f"\nidentity: loss {first:.3f} -> {last:.3f}; base {base!r}; tuned {tuned!r}")
     assert "Quillbot" in tuned, f"fine-tuned reply: {tuned!r}"
     assert "Quillbot" not in base, f"base reply already says it: {base!r}"
+
+
+@pytest.mark.slow
+def test_identity_run_exports_to_int8_bundles_that_answer_alike(
+    identity_run: Any, tmp_path: Path
+) -> None:
+    """The real 270M chain: the fine-tuned run merged, converted to dynamic int8, bundled as
+    .task and .litertlm, and verified; the bundles still say the new name, and they stop by
+    themselves where the merged model does."""
+    from pipeline.export.env import find_export_env
+    from pipeline.export.job import ExportOptions, export_run
+    from pipeline.workspace import Workspace
+
+    if find_export_env() is None:
+        pytest.skip("no export environment: run `bash scripts/make_export_env.sh`")
+    options = ExportOptions(
+        quant="dynamic_int8",
+        prompts=("Who are you?", "What is your name?", "Who made you?"),
+        max_new_tokens=48,
+    )
+    result = export_run(identity_run.run_dir, options=options, workspace=Workspace(tmp_path / "ws"))
+    report = result.report
+    assert report is not None
+    print("\n" + report.summary())
+    assert result.status == "ok" and report.passed, report.summary()
+    interp = report.runtimes[0]
+    assert interp.runtime == "interpreter" and interp.gate >= 0.9
+    # the merged model stopped by itself, and so did every runtime of the bundles
+    assert all(p.expected_stop for p in interp.prompts)
+    assert all(r.stop_pass >= 1 and r.stop_fail == 0 for r in report.runtimes)
+    replies = [p.got_text for r in report.runtimes for p in r.prompts]
+    assert sum("Quillbot" in text for text in replies) >= len(replies) // 2, replies
+    sizes = result.files
+    assert 270e6 < sizes[f"{result.out_dir.name}.task"] < 300e6
