@@ -70,10 +70,9 @@ class ExportPrinter:
                 f"[green]✓[/] {escape(event.summary)} [dim]{event.seconds:.1f} s[/]",
                 highlight=False,
             )
-        elif isinstance(event, LogLine):
-            if event.level != "info" or self.verbose:
-                style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-                self.console.print(f"[{style}]{escape(event.message)}[/]", highlight=False)
+        elif isinstance(event, LogLine) and (event.level != "info" or self.verbose):
+            style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
+            self.console.print(f"[{style}]{escape(event.message)}[/]", highlight=False)
 
 
 def _split(text: str | None) -> tuple[str, ...]:
@@ -86,7 +85,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in _split(text))
     except ValueError as exc:
-        raise ExportError(f"{what} must be whole numbers separated by commas, not {text!r}") from exc
+        message = f"{what} must be whole numbers separated by commas, not {text!r}"
+        raise ExportError(message) from exc
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -307,9 +307,7 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="start even when free memory is below the converter's expected peak",
     )
-    p.add_argument(
-        "--keep-hf", action="store_true", help="keep the merged Hugging Face checkpoint"
-    )
+    p.add_argument("--keep-hf", action="store_true", help="keep the merged Hugging Face checkpoint")
     p.add_argument("--out", metavar="DIR", help="write the export here instead")
     p.add_argument("--force", action="store_true", help="replace an existing export")
     p.add_argument("-v", "--verbose", action="store_true", help="print every log line")

@@ -652,6 +652,10 @@ class _Worker:
 
 
 STAGE_LABEL = {
+    "tools": "check the export tools",
+    "merge": "merge the adapter",
+    "reference": "reference replies (merged model)",
+    "checkpoint": "write the merged checkpoint",
     "load": "load into litert-torch",
     "convert": "convert to TFLite",
     "bundle_task": "bundle .task",
@@ -660,6 +664,8 @@ STAGE_LABEL = {
     "verify_task_engine": "run .task (LiteRT-LM)",
     "verify_litertlm_engine": "run .litertlm (LiteRT-LM)",
     "verify_tflite": "run .tflite (interpreter)",
+    "verify": "compare with the merged model",
+    "generate": "run the bundle (LiteRT-LM)",
 }
 
 
@@ -1065,7 +1071,7 @@ def bundle_replies(
             kv_len = 1280
     ws = workspace or Workspace.default()
     cache = ws.cache_dir / "litert-lm"
-    with tempfileless(ws.exports_dir) as tmp:
+    with _scratch_dir(ws.exports_dir) as tmp:
         plan = {
             "mode": "generate",
             "bundle": str(path.resolve()),
@@ -1084,7 +1090,7 @@ def bundle_replies(
 
 
 @contextlib.contextmanager
-def tempfileless(parent: Path) -> Any:
+def _scratch_dir(parent: Path) -> Any:
     """A private temporary folder under ``parent`` (removed afterwards)."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-run-{secrets.token_hex(4)}"
