@@ -47,7 +47,16 @@ STAGE_LABELS: dict[str, str] = {
     "verify_tflite": "run .tflite (interpreter)",
     "verify": "verification report",
 }
-"""What each stage of :func:`pipeline.export.job.export_run` does, in its order."""
+"""What each stage of :func:`pipeline.export.job.export_run` does, in its order (the
+pipeline's own words, ``pipeline.export.job.STAGE_LABEL``, come first where it has them)."""
+
+
+def stage_label(name: str) -> str | None:
+    """What stage ``name`` of an export does; None when it is not a stage of the export
+    (a sub-stage, e.g. the loader's "weights", which the log shows)."""
+    from pipeline.export.job import STAGE_LABEL
+
+    return STAGE_LABEL.get(name) or STAGE_LABELS.get(name)
 
 
 def export_stages(options: ExportOptions) -> list[str]:
@@ -106,7 +115,7 @@ class StageRow:
 
     @property
     def label(self) -> str:
-        return STAGE_LABELS.get(self.name, self.name)
+        return stage_label(self.name) or self.name
 
 
 class StepStrip(Horizontal):
@@ -177,7 +186,7 @@ class StageList(Static):
         that the plan left out (:data:`STAGE_LABELS`) joins the list before the first
         pending one: the list follows the pipeline even where the plan is out of date."""
         row = self.rows.get(name)
-        if row is None and name in STAGE_LABELS:
+        if row is None and stage_label(name) is not None:
             row = StageRow(name)
             rows = list(self.rows.items())
             at = next((i for i, (_, r) in enumerate(rows) if r.state == "pending"), len(rows))

@@ -41,7 +41,7 @@ from pipeline.models.config import ARCH_1B, ARCH_270M
 from pipeline.profiles.io import loads_profile
 from pipeline.training.trainer import train
 from pipeline.workspace import Workspace
-from tests.tiny_run import tiny_profile_toml, write_chat_jsonl
+from tests.tiny_run import tiny_profile_toml
 
 # --------------------------------------------------------------------------- options
 
@@ -256,17 +256,32 @@ def test_forced_agreement_counts_the_stop_token():
 # --------------------------------------------------------------------------- sources
 
 
+ALL_TARGETS = '["q", "k", "v", "o", "gate", "up", "down"]'
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
-    """A tiny model trained 4 steps (LoRA r4 on q, v; a checkpoint at step 2 and final/)."""
+    """The tiny model taught to answer "Yes." and stop (LoRA r8 on every projection, 60 steps
+    at a high rate; a checkpoint at step 30 and final/): its greedy replies end with
+    <end_of_turn> after two tokens, so the stop test is exercised for real."""
     root = tmp_path_factory.mktemp("export")
     ws = Workspace(root / "ws")
-    data = write_chat_jsonl(root / "chat.jsonl")
-    profile = loads_profile(
-        tiny_profile_toml("tiny-export", max_steps=4, learning_rate=1e-2, checkpoint_every=2)
-    )
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"What is {i} plus {i}?"},
+                {"from": "gpt", "value": "Yes."},
+            ]
+        }
+        for i in range(40)
+    ]
+    data = root / "yes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    toml = tiny_profile_toml("tiny-export", max_steps=60, learning_rate=2e-2, checkpoint_every=30)
+    toml = toml.replace('targets = ["q", "v"]', f"targets = {ALL_TARGETS}")
+    toml = toml.replace("rank = 4", "rank = 8")
     run_dir = ws.runs_dir / "tiny-run"
-    result = train(profile, data=data, workspace=ws, run_dir=run_dir)
+    result = train(loads_profile(toml), data=data, workspace=ws, run_dir=run_dir)
     assert result.status == "finished"
     return ws, run_dir
 
@@ -274,10 +289,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]
 def test_resolve_source_picks_and_refuses(tiny_run, tmp_path: Path):
     ws, run_dir = tiny_run
     src = resolve_source("tiny-run", workspace=ws)
-    assert src.final and src.step == 4 and src.model_source == "tiny"
-    assert resolve_source(run_dir, 2, ws).checkpoint.name == "step-000002"
-    assert resolve_source(run_dir, "step-000002", ws).step == 2
-    with pytest.raises(ExportError, match=r"has no checkpoint 7 \(it has: .*step-000002"):
+    assert src.final and src.step == 60 and src.model_source == "tiny"
+    assert resolve_source(run_dir, 30, ws).checkpoint.name == "step-000030"
+    assert resolve_source(run_dir, "step-000030", ws).step == 30
+    with pytest.raises(ExportError, match=r"has no checkpoint 7 \(it has: .*step-000030"):
         resolve_source(run_dir, 7, ws)
     with pytest.raises(ExportError, match="not a step number"):
         resolve_source(run_dir, "latest", ws)
@@ -292,10 +307,10 @@ def test_resolve_source_picks_and_refuses(tiny_run, tmp_path: Path):
         resolve_source(broken_run, "final", ws)
 
     # a corrupt safetensors (the PEFT copy of the adapter), cut short
-    peft = broken_run / "checkpoints" / "step-000002" / "adapter_model.safetensors"
+    peft = broken_run / "checkpoints" / "step-000030" / "adapter_model.safetensors"
     peft.write_bytes(peft.read_bytes()[:-10])
     with pytest.raises(ExportError, match=r"damaged.*not a valid safetensors file"):
-        resolve_source(broken_run, 2, ws)
+        resolve_source(broken_run, 30, ws)
 
     # a run that never saved a checkpoint
     empty = tmp_path / "empty"
@@ -347,9 +362,11 @@ def test_tiny_chain_exports_and_agrees_exactly(export_env, tiny_run, quant: str)
         ("litertlm", "litert_lm"): (1.0, 1.0),
     }
     for r in result.report.runtimes:
+        # every reply is "Yes." and ends by itself at <end_of_turn>, in every runtime
+        assert r.stop_pass == len(r.prompts) == 4 and r.stop_fail == 0
+        assert all(p.expected_text == p.got_text == "Yes." for p in r.prompts)
         assert all(p.first_divergence is None for p in r.prompts)
         assert r.runtime != "interpreter" or all(p.forced_agreement == 1.0 for p in r.prompts)
-        assert all(len(p.expected) > 0 for p in r.prompts)
     # the stages ran in order and each one said so
     started = [e.stage for e in events if isinstance(e, StageStarted)]
     for stage in (
@@ -385,8 +402,8 @@ def test_tiny_chain_exports_and_agrees_exactly(export_env, tiny_run, quant: str)
     assert info.stop_tokens == ("<eos>", "<end_of_turn>") and info.start_token == "<bos>"
     manifest = read_manifest(out)
     assert manifest["status"] == "ok" and manifest["quantization"] == quant
-    assert manifest["source"]["step"] == 4 and manifest["source"]["checkpoint"] == "final"
-    assert manifest["merge"]["kernels_changed"] == manifest["merge"]["kernels_targeted"] == 12
+    assert manifest["source"]["step"] == 60 and manifest["source"]["checkpoint"] == "final"
+    assert manifest["merge"]["kernels_changed"] == manifest["merge"]["kernels_targeted"] == 42
     assert manifest["merge"]["max_abs_logit_diff_vs_lora"] < 1e-4
     assert manifest["tools"]["litert-torch"] == "0.10.0"
     import hashlib
@@ -441,12 +458,12 @@ def test_killed_converter_fails_cleanly(export_env, tiny_run):
 
     options = ExportOptions(quant="weight_only_int8", **TINY)  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="killed by SIGKILL during convert") as info:
-        export_run(run_dir, checkpoint=2, options=options, workspace=ws, on_event=kill_on_convert)
+        export_run(run_dir, checkpoint=30, options=options, workspace=ws, on_event=kill_on_convert)
     assert "RAM" in (info.value.hint or "")
-    final = ws.exports_dir / "tiny-run-step2-q8wo"
+    final = ws.exports_dir / "tiny-run-step30-q8wo"
     assert not final.exists()
     assert not [p for p in ws.exports_dir.iterdir() if p.name.startswith(".tmp-")]
-    assert (ws.exports_dir / "tiny-run-step2-q8wo.failed.log").is_file()
+    assert (ws.exports_dir / "tiny-run-step30-q8wo.failed.log").is_file()
 
 
 def test_cancel_during_conversion_leaves_nothing(export_env, tiny_run):
@@ -461,12 +478,12 @@ def test_cancel_during_conversion_leaves_nothing(export_env, tiny_run):
     with pytest.raises(JobCancelled):
         export_run(
             run_dir,
-            checkpoint=2,
+            checkpoint=30,
             options=options,
             workspace=ws,
             on_event=on_event,
             should_stop=lambda: "convert" in seen,
         )
-    assert not (ws.exports_dir / "tiny-run-step2-q8wo").exists()
+    assert not (ws.exports_dir / "tiny-run-step30-q8wo").exists()
     assert not [p for p in ws.exports_dir.iterdir() if p.name.startswith(".tmp-")]
     assert _worker_pids() == []

@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from gemma_tui.app import MODES, PALETTE_COMMANDS, GemmaTuiApp
 from gemma_tui.screens.dataset import DatasetScreen
+from gemma_tui.screens.export import ExportScreen
 from gemma_tui.screens.help import HelpScreen
 from gemma_tui.screens.modals import ConfirmModal, FileOpenModal
 from gemma_tui.screens.runs import RunsScreen
@@ -39,7 +40,7 @@ async def _run_command(pilot: Pilot[object], name: str) -> None:
 
 
 async def test_starts_on_the_dataset_screen_with_only_working_modes() -> None:
-    assert [mode.name for mode in MODES] == ["dataset", "train", "runs"]
+    assert [mode.name for mode in MODES] == ["dataset", "train", "runs", "export"]
     app = GemmaTuiApp()
     async with app.run_test(size=TERMINAL_SIZE) as pilot:
         assert app.current_mode == "dataset"
@@ -50,6 +51,8 @@ async def test_starts_on_the_dataset_screen_with_only_working_modes() -> None:
         assert isinstance(app.screen, TrainScreen)
         await pilot.press("3")
         assert isinstance(app.screen, RunsScreen)
+        await pilot.press("4")
+        assert isinstance(app.screen, ExportScreen)
         await pilot.press("1")
         assert isinstance(app.screen, DatasetScreen)
 
