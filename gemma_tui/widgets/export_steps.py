@@ -60,21 +60,10 @@ def stage_label(name: str) -> str | None:
 
 
 def export_stages(options: ExportOptions) -> list[str]:
-    """The stages :func:`~pipeline.export.job.export_run` goes through with ``options``
-    (the worker's bundle and verify stages depend on the formats and on ``verify``)."""
-    formats = set(options.formats)
-    bundles = [f for f in ("task", "litertlm") if f in formats]
-    stages = ["tools", "merge"]
-    if options.verify:
-        stages.append("reference")
-    stages += ["checkpoint", "load", "convert"]
-    stages += [f"bundle_{f}" for f in bundles]
-    if options.verify:
-        # the interpreter runs the .task's own contents, else the converted model itself
-        stages.append("verify_task" if "task" in bundles else "verify_tflite")
-        stages += [f"verify_{f}_engine" for f in bundles]
-        stages.append("verify")
-    return stages
+    """The stages :func:`~pipeline.export.job.export_run` goes through with ``options``."""
+    from pipeline.export.job import planned_stages
+
+    return planned_stages(options)
 
 
 def format_seconds(seconds: float) -> str:

@@ -135,6 +135,23 @@ class ExportOptions:
         return self.min_agreement if self.min_agreement is not None else MIN_AGREEMENT[self.quant]
 
 
+def planned_stages(options: ExportOptions) -> list[str]:
+    """The stages :func:`export_run` goes through with ``options``, in order (the UI lists
+    them before they start)."""
+    bundles = [f for f in ("task", "litertlm") if f in options.formats]
+    stages = ["tools", "merge"]
+    if options.verify:
+        stages.append("reference")
+    stages += ["checkpoint", "converter", "load", "convert"]
+    stages += [f"bundle_{f}" for f in bundles]
+    if options.verify:
+        # the interpreter runs the .task's own contents, else the converted model itself
+        stages.append("verify_task" if "task" in bundles else "verify_tflite")
+        stages += [f"verify_{f}_engine" for f in bundles]
+        stages.append("verify")
+    return stages
+
+
 def _closest(value: str, choices: Sequence[str]) -> str:
     near = [c for c in choices if value and value.lower() in c] or difflib.get_close_matches(
         value, choices, n=1
@@ -656,6 +673,7 @@ STAGE_LABEL = {
     "merge": "merge the adapter",
     "reference": "reference replies (merged model)",
     "checkpoint": "write the merged checkpoint",
+    "converter": "start the converter",
     "load": "load into litert-torch",
     "convert": "convert to TFLite",
     "bundle_task": "bundle .task",
@@ -690,6 +708,8 @@ def _run_worker(
     current: tuple[str, float] | None = None
     last_tick = 0.0
     with open(log_path, "a", encoding="utf-8") as log:
+        launched = time.perf_counter()
+        on_event(StageStarted("converter", str(env.python)))
         worker = _Worker(env.python, plan_path, log)
         try:
             for event in worker.events(should_stop):
@@ -702,6 +722,16 @@ def _run_worker(
                 kind = event.get("event")
                 if kind == "hello":
                     versions = dict(event.get("versions", {}))
+                    tools = ", ".join(
+                        f"{k} {versions[k]}" for k in ("litert-torch", "torch") if k in versions
+                    )
+                    on_event(
+                        StageDone(
+                            "converter",
+                            f"converter process {event.get('pid')} ({tools})",
+                            now - launched,
+                        )
+                    )
                 elif kind == "log":
                     on_event(LogLine(str(event.get("message", ""))))
                 elif kind == "generated":

@@ -49,10 +49,11 @@ from pipeline.export.verify import (
 from pipeline.workspace import Workspace
 
 SECONDS = {
-    "tools": 16.2,
+    "tools": 0.03,
     "merge": 5.16,
     "reference": 6.38,
     "checkpoint": 0.29,
+    "converter": 7.1,
     "load": 0.21,
     "convert": 25.8,
     "bundle_task": 0.16,
@@ -111,15 +112,11 @@ def scripted_report(options: ExportOptions, *, passed: bool) -> VerifyReport:
 
 
 def stages_of(options: ExportOptions) -> list[str]:
-    """The stages ``export_run`` and its worker go through (job.py, worker.py main)."""
-    bundles = [f for f in ("task", "litertlm") if f in options.formats]
-    out = ["tools", "merge"] + (["reference"] if options.verify else [])
-    out += ["checkpoint", "load", "convert"] + [f"bundle_{f}" for f in bundles]
-    if options.verify:
-        out += ["verify_task"] if "task" in bundles else ["verify_tflite"]
-        out += [f"verify_{f}_engine" for f in bundles]
-        out += ["verify"]
-    return out
+    """The stages ``export_run`` goes through (checked against a real export in
+    tests/pipeline/test_export.py)."""
+    from pipeline.export.job import planned_stages
+
+    return planned_stages(options)
 
 
 @dataclass

@@ -110,7 +110,7 @@ def test_the_stage_list_follows_the_options() -> None:
     both = ExportOptions(formats=("task", "litertlm"))
     assert export_stages(both) == stages_of(both)
     assert export_stages(both) == [
-        "tools", "merge", "reference", "checkpoint", "load", "convert", "bundle_task",
+        "tools", "merge", "reference", "checkpoint", "converter", "load", "convert", "bundle_task",
         "bundle_litertlm", "verify_task", "verify_task_engine", "verify_litertlm_engine",
         "verify",
     ]  # fmt: skip
@@ -123,7 +123,7 @@ def test_the_stage_list_follows_the_options() -> None:
     assert export_stages(litertlm) == stages_of(litertlm)
     unverified = ExportOptions(formats=("litertlm",), verify=False)
     assert export_stages(unverified) == [
-        "tools", "merge", "checkpoint", "load", "convert", "bundle_litertlm"
+        "tools", "merge", "checkpoint", "converter", "load", "convert", "bundle_litertlm"
     ]  # fmt: skip
 
 
@@ -268,7 +268,7 @@ async def test_scripted_export_shows_each_stage_then_the_report(workspace: Path)
         assert screen.busy and screen.step == 2
         states = stages.states()
         assert [s for s, state in states.items() if state == "done"] == [
-            "tools", "merge", "reference", "checkpoint", "load"
+            "tools", "merge", "reference", "checkpoint", "converter", "load"
         ]  # fmt: skip
         assert [s for s, state in states.items() if state == "pending"] == [
             "bundle_task", "bundle_litertlm", "verify_task", "verify_task_engine",
@@ -305,7 +305,7 @@ async def test_scripted_export_shows_each_stage_then_the_report(workspace: Path)
         markdown = (screen.result.out_dir / "verify.md").read_text(encoding="utf-8")
         assert "**PASSED**" in markdown
         assert screen.query_one("#report-md").source == markdown  # type: ignore[attr-defined]
-        assert "done in 56 s" in plain(screen.query_one("#export-status", Static))
+        assert "done in 47 s" in plain(screen.query_one("#export-status", Static))
         # The settings now say the export exists.
         assert screen.settings.existing == screen.result.out_dir
         assert "exists" in plain(screen.query_one("#settings-error", Static))
