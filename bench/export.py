@@ -22,7 +22,7 @@ Per quantization the export worker (``pipeline/export/worker.py``, in ``.venv-ex
 plan with ``formats = task, litertlm, tflite`` and no verification, under ``/usr/bin/time -v``;
 its JSON events give each stage's seconds and the process's peak RSS. Then each runtime runs in
 a fresh process (``bench/export_runtime.py``), 2 threads, greedy, the same prompt ids, exactly
-``--new-tokens`` tokens (stop tokens ignored), twice; the second (warm) run is reported.
+``--new-tokens`` tokens (stop tokens ignored), four times; the best warm run is reported.
 
 Environments: ``.venv-export`` (``bash scripts/make_export_env.sh``) and, for llama.cpp,
 ``.venv-bench-llama`` (``bash bench/make_bench_llama_env.sh``; compiled from source, 10-20
@@ -36,7 +36,7 @@ next run (``--fresh`` rebuilds them).
 
 Memory: the 1B conversion peaks near 20-21 GiB and takes 6-10 minutes per quantization. It
 must run alone on a 24 GiB machine; the script refuses to start a conversion whose estimate
-(``pipeline.export.job.estimate_export``) exceeds MemAvailable unless ``--no-memory-check``.
+(``pipeline.export.options.estimate_export``) exceeds MemAvailable unless ``--no-memory-check``.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def prepare(model: str, folder: Path, hf_dtype: str, fresh: bool) -> tuple[Path,
 
 
 def prompt_ids(hf_dir: Path) -> list[int]:
-    from pipeline.export.job import TEMPLATE
+    from pipeline.export.options import TEMPLATE
     from pipeline.models.tokenizer import BOS_ID, GemmaTokenizer
 
     tok = GemmaTokenizer.from_file(hf_dir / "tokenizer.model")
@@ -312,7 +312,7 @@ def convert(
 ) -> dict[str, Any]:
     """Run the export worker on one plan; returns the conversion record."""
     from pipeline.export.env import worker_environ
-    from pipeline.export.job import QUANT_LABEL, START_TOKEN, STOP_TOKENS, TEMPLATE
+    from pipeline.export.options import QUANT_LABEL, START_TOKEN, STOP_TOKENS, TEMPLATE
     from pipeline.export.worker import MARK
 
     if qdir.exists():
@@ -515,6 +515,41 @@ def measure_llama(gguf: Path, ids: list[int], args: argparse.Namespace) -> dict[
 # --------------------------------------------------------------------------- results
 
 
+def merge_best(old: dict[str, Any], new: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    """``new`` (one quant's record) keeping, from an earlier run of the script, what was
+    measured faster: the conversion with the lower ``convert_s`` and, per runtime, the result
+    with the higher decode tok/s (a slower repeat is another process taking a core on this
+    shared machine). Each kept part carries ``from_run`` with its date. ``fresh``: ``new``."""
+    if fresh or not old:
+        return new
+    out = dict(new)
+    oc, nc = old.get("convert") or {}, new.get("convert") or {}
+    if (
+        "error" not in oc
+        and oc.get("convert_s")
+        and (nc.get("error") or (nc.get("convert_s") or 1e18) > oc["convert_s"])
+    ):
+        out["convert"] = {**oc, "from_run": oc.get("from_run") or old.get("date") or "earlier"}
+    runtimes = dict(new.get("runtimes") or {})
+    for key, prev in (old.get("runtimes") or {}).items():
+        cur = runtimes.get(key)
+        if "error" in prev or not prev.get("decode_tok_s"):
+            continue
+        if cur is None or "error" in cur or (cur.get("decode_tok_s") or 0) < prev["decode_tok_s"]:
+            runtimes[key] = {
+                **prev,
+                "from_run": prev.get("from_run") or old.get("date") or "earlier",
+            }
+            if key == "litertlm":
+                out["reply_litertlm"] = old.get("reply_litertlm")
+            if key == "interp":
+                out["reply_interp"] = old.get("reply_interp")
+    if runtimes:
+        out["runtimes"] = runtimes
+    out["date"] = new.get("date")
+    return out
+
+
 def load_results() -> dict[str, Any]:
     if RESULTS_JSON.is_file():
         return json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
@@ -524,7 +559,14 @@ def load_results() -> dict[str, Any]:
 def save_results(results: dict[str, Any]) -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS_JSON.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(results, indent=1, default=str)
+    # one line per list of numbers (token ids), not one line per number
+    text = re.sub(
+        r"\[\s*(-?[\d.e+-]+(?:,\s*-?[\d.e+-]+)*)\s*\]",
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+        text,
+    )
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(RESULTS_JSON)
     RESULTS_MD.write_text(render(results), encoding="utf-8")
 
@@ -539,6 +581,31 @@ def common_prefix(a: list[int] | None, b: list[int] | None) -> int | None:
         n += 1
     return n
 
+
+NOTES = {
+    "270m": (
+        "The weights are the embedded GGUF's, dequantized, so the float32 and float16 bundles "
+        "are the same function as llama.cpp's Q4_K_M: their greedy text equals llama.cpp's "
+        "(last table). This model answers the chat prompt by echoing it (llama.cpp's own "
+        "`create_completion` does the same), so the replies say nothing about quality beyond "
+        "agreement.",
+        "Run-to-run noise on this shared VM is about ±20 % even with the machine otherwise idle "
+        "(the same bundle measured 35-53 tok/s in separate quiet runs); .task and .litertlm hold "
+        "the same model and differ only by that noise.",
+        "fp16 and weight_only_int8 are dequantized to float32 at load by LiteRT-LM's CPU "
+        "backend (4-5.6 GiB RSS, TTFT ~0.7-0.9 s, decode slower than the float32 bundle); "
+        "dynamic_int8 and dynamic_int4 are the CPU formats.",
+        "No all-zero weight rows in these weights: `fix_zero_rows` changed nothing for INT4.",
+    ),
+    "1b": (
+        "Random weights (a seeded random F16 GGUF written by bench/make_tiny_gguf.py's writer; "
+        "the HF checkpoint holds the same values in bfloat16, the Q4_K_M GGUF is llama.cpp's "
+        "quantization of that F16 file). Speed does not depend on the values; agreement does, "
+        "and means little here.",
+        "The conversion peaks near 20-21 GiB (research §4): run it alone.",
+    ),
+    "tiny": ("Smoke test of the script; timings of a model this small are mostly overhead.",),
+}
 
 TITLES = {
     "270m": "Gemma 3 270M (embedded weights: the Q4_K_M GGUF dequantized to float32)",
@@ -584,8 +651,11 @@ def render(results: dict[str, Any]) -> str:
         "noise; XNNPACK refuses a zero INT4 scale).",
         "- **Decode**: each runtime in a fresh process, CPU, 2 threads, greedy, the same prompt "
         "(the Gemma 3 turn template around one user message), exactly N new tokens (stop tokens "
-        "ignored), three runs per process; the median of the two warm runs is reported. "
-        "*TTFT* = time to "
+        "ignored), several runs per process (*runs* below). Reported: the best warm run (all "
+        "but the first; highest tok/s, lowest TTFT), and across invocations of the script the "
+        "faster result per runtime (the earlier one is labelled with its date; "
+        "`--fresh-results` replaces instead). On a shared 2-core machine a slower repeat is "
+        "another process taking a core, not the runtime. *TTFT* = time to "
         "first token: from the start of the prompt to the first generated token (prefill + the "
         "first logits). *decode tok/s* = the tokens after the first over the time after the "
         "first. LiteRT-LM: `litert_lm.Benchmark` (the engine's own timers; prefill tokens = the "
@@ -594,7 +664,7 @@ def render(results: dict[str, Any]) -> str:
         "step) on the .tflite. llama.cpp: `llama-cpp-python` (built from source with "
         "`GGML_NATIVE=ON`, `bash bench/make_bench_llama_env.sh`), the same prompt ids, argmax of "
         "the logits after each `eval`.",
-        "- **Background load**: before each measurement the script waits (up to 5 min) for "
+        "- **Background load**: before each measurement the script waits (`--quiet-wait`) for "
         "other processes to use under 0.3 cores; *others* = the cores other processes used on "
         "average during the measurement (/proc/stat less this script's children). A number "
         "marked * ran with others ≥ 0.3 cores: contended, read it as a lower bound.",
@@ -608,6 +678,18 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_counts(entry: dict[str, Any]) -> str:
+    """The numbers of runs the entry's runtime results were made with (e.g. "3-4")."""
+    counts = {len(r.get("runs") or []) for r in [entry.get("llama") or {}]}
+    for rec in entry.get("quants", {}).values():
+        counts |= {len(r.get("runs") or []) for r in (rec.get("runtimes") or {}).values()}
+    counts.discard(0)
+    if not counts:
+        return "—"
+    lo, hi = min(counts), max(counts)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def render_model(model: str, entry: dict[str, Any]) -> list[str]:
     quants = entry.get("quants", {})
     mach = entry.get("machine", {})
@@ -615,7 +697,8 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
     if entry:
         lines += [
             f"- Date: {entry.get('date', '?')}",
-            f"- Command: `{entry.get('command', '?')}`",
+            "- Commands (each updates only its own rows): "
+            + "; ".join(f"`{c}`" for c in entry.get("commands", [entry.get("command", "?")])),
             f"- Machine: `nproc` {mach.get('nproc')}, `free -g` total {mach.get('mem_total_gib')} "
             f"GiB, {mach.get('cpu')} ({mach.get('cpu_flags')}), Linux {mach.get('kernel')}, "
             f"Python {mach.get('python')}",
@@ -632,10 +715,10 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
         lines += [
             f"- Prompt: {s.get('prompt_tokens')} tokens; {s.get('new_tokens')} new tokens; "
             f"{s.get('threads')} threads; KV cache {s.get('kv_len')}; prefill signature "
-            f"{s.get('prefill')}; checkpoint {s.get('hf_dtype')}",
+            f"{s.get('prefill')}; checkpoint {s.get('hf_dtype')}; runs per runtime process "
+            f"{run_counts(entry)}",
         ]
-        if entry.get("notes"):
-            lines += [f"- Note: {n}" for n in entry["notes"]]
+        lines += [f"- Note: {n}" for n in NOTES.get(model, ())]
         lines.append("")
     order = [q for q in QUANTS if q in quants] + (
         [q for q in DEFAULT_QUANTS[model] if q not in quants] if model == "1b" else []
@@ -693,7 +776,7 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
         return lines
     # ---- conversion detail
     lines += [
-        "Conversion detail (sizes in MB; estimate = `pipeline.export.job.estimate_export`):",
+        "Conversion detail (sizes in MB; estimate = `pipeline.export.options.estimate_export`):",
         "",
         "| quant | .tflite | .task | .litertlm | load s | convert s | bundle .task s | "
         "bundle .litertlm s | worker wall s | peak RSS GiB | `time -v` max RSS GiB | "
@@ -723,7 +806,7 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
     lines.append("")
     # ---- runtime detail
     lines += [
-        "Decode detail (median of the warm runs; *first run* = the process's first run, which "
+        "Decode detail (best of the warm runs; *first run* = the process's first run, which "
         "packs the weights for XNNPACK and, for LiteRT-LM, writes them to its cache):",
         "",
         "| quant | runtime | decode tok/s | TTFT s | prefill tok/s | first run TTFT s | "
@@ -748,6 +831,8 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
             agree = common_prefix(r.get("ids"), llama_ids)
             n_ids = len(r.get("ids") or [])
             same = "—" if agree is None else f"{agree} of {n_ids}"
+            if r.get("from_run"):
+                label += f" (run of {r['from_run']})"
             lines.append(
                 f"| {q} | {label} | {num(r.get('decode_tok_s'))} | "
                 f"{num(r.get('ttft_s'), '{:.3f}')} | {num(r.get('prefill_tok_s'))} | "
@@ -775,24 +860,38 @@ def render_model(model: str, entry: dict[str, Any]) -> list[str]:
         for q in order
         if q in quants
     ]
-    if any(a or b for _, a, b in replies) or (llama or {}).get("text"):
+    ref = (llama or {}).get("text")
+    if any(a or b for _, a, b in replies) or ref:
         lines += [
-            "Greedy replies (first 100 characters; LiteRT-LM's conversation stops at "
-            "`<end_of_turn>`, the loops do not):",
+            "Greedy replies, as text: how many leading characters equal llama.cpp's reply, and "
+            "the text where they part (LiteRT-LM: a conversation with the bundle's own template "
+            "and stop tokens, at most N tokens; interpreter: the decoded ids of the timed run):",
             "",
-            "| quant | LiteRT-LM .litertlm (conversation) | interpreter loop (decoded ids) |",
+            "| quant | LiteRT-LM .litertlm (conversation) | interpreter loop .tflite |",
             "| --- | --- | --- |",
         ]
+
+        def clean(text: str) -> str:
+            return text.replace("\n", "⏎").replace("|", "/").replace("`", "'")
 
         def cell(text: str | None) -> str:
             if text is None:
                 return "—"
-            return "`" + text[:100].replace("\n", "⏎").replace("|", "/").replace("`", "'") + "`"
+            if not ref:
+                return f"`{clean(text[:80])}`"
+            k = common_prefix(list(text), list(ref)) or 0
+            if k >= min(len(text), len(ref)):
+                return f"{k} of {len(text)} chars equal (no difference)"
+            return (
+                f"{k} of {len(text)} chars equal; then `…{clean(text[max(0, k - 20) : k + 30])}…`"
+            )
 
         for q, a, b in replies:
             lines.append(f"| {q} | {cell(a)} | {cell(b)} |")
-        if (llama or {}).get("text"):
-            lines.append(f"| llama.cpp Q4_K_M | — | {cell(llama['text'])} |")
+        if ref:
+            lines.append(
+                f"| llama.cpp Q4_K_M (the reference) | — | {len(ref)} chars: `{clean(ref[:60])}…` |"
+            )
         lines.append("")
     return lines
 
@@ -814,7 +913,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kv-len", type=int, default=1280)
     p.add_argument("--prefill", type=int, default=128)
     p.add_argument(
-        "--runs", type=int, default=3, help="runs per runtime process (median of all but the first)"
+        "--runs", type=int, default=4, help="runs per runtime process (best of all but the first)"
     )
     p.add_argument(
         "--quiet-wait",
@@ -826,6 +925,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-convert", action="store_true", help="reuse kept bundles (--keep)")
     p.add_argument("--keep", action="store_true", help="keep the bundles after measuring")
     p.add_argument("--fresh", action="store_true", help="rebuild the prepared checkpoint/GGUF")
+    p.add_argument(
+        "--fresh-results",
+        action="store_true",
+        help="replace this model's earlier numbers instead of keeping the faster of old and new",
+    )
     p.add_argument("--no-memory-check", action="store_true")
     p.add_argument("--export-python", type=Path, default=EXPORT_PYTHON)
     p.add_argument("--llama-python", type=Path, default=LLAMA_PYTHON)
@@ -851,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.export_python.exists():
         raise SystemExit(f"{args.export_python} missing: run `bash scripts/make_export_env.sh`")
-    from pipeline.export.job import estimate_export
+    from pipeline.export.options import estimate_export
     from pipeline.models.config import ARCH_1B, ARCH_270M, ARCH_TINY
 
     arch = {"270m": ARCH_270M, "1b": ARCH_1B, "tiny": ARCH_TINY}[args.model]
@@ -867,8 +971,6 @@ def main(argv: list[str] | None = None) -> int:
     entry.update(
         {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": ".venv/bin/python bench/export.py "
-            + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(),
             "settings": {
                 "prompt_tokens": len(ids),
@@ -876,10 +978,22 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": args.threads,
                 "kv_len": args.kv_len,
                 "prefill": args.prefill,
+                "runs": args.runs,
                 "hf_dtype": "float32" if args.model == "270m" else args.hf_dtype,
             },
         }
     )
+    command = ".venv/bin/python bench/export.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.fresh_results:
+        entry.pop("command", None)
+        entry["commands"] = []
+    commands = entry.setdefault("commands", [])
+    if entry.get("command") and entry["command"] not in commands:
+        commands.append(entry.pop("command"))
+    if command not in commands:
+        commands.append(command)
     quants = entry.setdefault("quants", {})
 
     # llama.cpp first: its ids are the reference the bundles' loops are compared with
@@ -889,21 +1003,32 @@ def main(argv: list[str] | None = None) -> int:
         else:
             llama = measure_llama(gguf, ids, args)
             llama["text"] = decode_ids(hf_dir, llama.get("ids"))
-            entry["llama"] = llama
+            llama["date"] = entry["date"]
+            old = entry.get("llama") or {}
+            keep = (
+                not args.fresh_results
+                and "error" not in old
+                and (old.get("decode_tok_s") or 0) > (llama.get("decode_tok_s") or 0)
+                and old.get("file") == llama.get("file")
+            )
+            entry["llama"] = {**old, "from_run": old.get("date") or "earlier"} if keep else llama
             save_results(results)
 
+    if not args.runtimes & {"litertlm", "task", "interp"}:
+        args.quants = []  # llama.cpp only: no conversion
     for quant in args.quants:
         est = estimate_export(arch, quant, args.kv_len)
         qdir = folder / quant
         rec: dict[str, Any] = {
+            "date": entry["date"],
             "estimate": {
                 "file_bytes": est.file_bytes,
                 "peak_ram_bytes": est.peak_ram_bytes,
                 "minutes": est.minutes,
-            }
+            },
         }
+        old = quants.get(quant, {})  # an earlier invocation's record (see merge_best)
         if args.skip_convert:
-            old = quants.get(quant, {})
             rec["convert"] = old.get("convert", {"name": f"{args.model}-?"})
             name = rec["convert"].get("name") or ""
         else:
@@ -920,14 +1045,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             rec["convert"] = convert(args.model, quant, hf_dir, qdir, args)
             name = rec["convert"]["name"]
-            quants[quant] = rec
+            quants[quant] = merge_best(old, rec, args.fresh_results)
             save_results(results)
         if "error" not in rec["convert"]:
             rec["runtimes"] = measure_bundles(qdir, name, ids, args)
             lm = rec["runtimes"].get("litertlm", {})
             rec["reply_litertlm"] = lm.get("reply")
             rec["reply_interp"] = decode_ids(hf_dir, rec["runtimes"].get("interp", {}).get("ids"))
-        quants[quant] = rec
+        quants[quant] = merge_best(old, rec, args.fresh_results)
         save_results(results)
         if not args.keep and qdir.exists():
             shutil.rmtree(qdir)

@@ -187,14 +187,10 @@ def run_worker(
                         stages[name] = seconds
                         peak = max(peak, int(event.get("peak_rss", 0)))
                         extra = f", {human_bytes(event['bytes'])}" if "bytes" in event else ""
-                        on_event(
-                            StageDone(
-                                name,
-                                f"{STAGE_LABEL.get(name, name)}{extra} "
-                                f"(peak RSS {gib(int(event.get('peak_rss', 0)))})",
-                                seconds,
-                            )
-                        )
+                        if name in ("load", "convert"):
+                            # the process's peak so far: it belongs to the converter stages
+                            extra += f" (peak RSS {gib(int(event.get('peak_rss', 0)))})"
+                        on_event(StageDone(name, f"{STAGE_LABEL.get(name, name)}{extra}", seconds))
                     elif status == "failed":
                         failure = event
                 elif kind == "done":
@@ -263,6 +259,7 @@ def bundle_replies(
             "max_new_tokens": max_new_tokens,
             "kv_len": kv_len,
             "cache_dir": str(cache),
+            "threads": min(os.cpu_count() or 2, 4),
         }
         est = ExportEstimate(0, 0, 0, 0.0, 0)
         _, generated, _ = run_worker(

@@ -169,7 +169,10 @@ def parameter_count(arch: GemmaArch) -> int:
 
 
 RAM_FIXED = 1.6e9
-RAM_PER_F32_BYTE = 5.0
+RAM_PER_F32_BYTE = {"fp16": 6.3}
+"""Per quantization where it differs from :data:`RAM_DEFAULT_FACTOR` (fp16 peaked at 7.71 GiB
+for the 270M where the others stayed at 6.0-6.6)."""
+RAM_DEFAULT_FACTOR = 5.0
 """Converter peak = fixed + factor x the float32 weights; fitted to the measured 1B
 (20.1 GiB = 21.6 GB) and 270M (6.5 GiB) runs (bench/results/export.md)."""
 
@@ -182,7 +185,7 @@ def estimate_export(arch: GemmaArch, quant: str, kv_len: int = 1280) -> ExportEs
     return ExportEstimate(
         weights=weights,
         file_bytes=int(weights * BYTES_PER_WEIGHT.get(quant, 4.0)),
-        peak_ram_bytes=int(RAM_FIXED + RAM_PER_F32_BYTE * f32),
+        peak_ram_bytes=int(RAM_FIXED + RAM_PER_F32_BYTE.get(quant, RAM_DEFAULT_FACTOR) * f32),
         minutes=0.5 + 8.0 * weights / 1e9,
         kv_cache_bytes=kv,
     )

@@ -466,14 +466,16 @@ def verify_tflite(plan: dict[str, Any], tflite: Path, rss: PeakRss) -> None:
         emit("generated", bundle="tflite", runtime="interpreter", results=results)
 
 
-def run_engine(path: Path, texts: list[str], max_new: int, kv_len: int, cache: Path) -> list[Any]:
+def run_engine(
+    path: Path, texts: list[str], max_new: int, kv_len: int, cache: Path, threads: int = 2
+) -> list[Any]:
     """Greedy replies of LiteRT-LM's engine to each text (a fresh conversation each)."""
     import litert_lm
 
     cache.mkdir(parents=True, exist_ok=True)
     engine = litert_lm.Engine(
         str(path),
-        backend=litert_lm.Backend.CPU(),
+        backend=litert_lm.Backend.CPU(thread_count=threads),
         max_num_tokens=kv_len,
         cache_dir=str(cache),
     )
@@ -505,6 +507,7 @@ def verify_engine(plan: dict[str, Any], bundle: Path, kind: str, rss: PeakRss) -
             int(v["max_new_tokens"]),
             int(plan["kv_len"]),
             Path(plan["work_dir"]) / ".lm-cache",
+            int(v.get("threads", 2)),
         )
         st.info["runtime"] = "litert_lm.Engine"
         emit("generated", bundle=kind, runtime="litert_lm", results=replies)
@@ -522,6 +525,7 @@ def generate(plan: dict[str, Any], rss: PeakRss) -> int:
                 int(plan["max_new_tokens"]),
                 int(plan["kv_len"]),
                 Path(plan["cache_dir"]),
+                int(plan.get("threads", 2)),
             )
             emit(
                 "generated", bundle=bundle.suffix.lstrip("."), runtime="litert_lm", results=replies
