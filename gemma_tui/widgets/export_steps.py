@@ -31,32 +31,13 @@ if TYPE_CHECKING:
     from pipeline.events import Progress
     from pipeline.export.job import ExportOptions
 
-STAGE_LABELS: dict[str, str] = {
-    "export-env": "create the export environment",
-    "tools": "check the export tools",
-    "merge": "merge the LoRA adapter",
-    "reference": "reference replies (JAX)",
-    "checkpoint": "Hugging Face checkpoint",
-    "load": "load into litert-torch",
-    "convert": "convert to TFLite",
-    "bundle_task": "bundle .task",
-    "bundle_litertlm": "bundle .litertlm",
-    "verify_task": "run .task (interpreter)",
-    "verify_task_engine": "run .task (LiteRT-LM)",
-    "verify_litertlm_engine": "run .litertlm (LiteRT-LM)",
-    "verify_tflite": "run .tflite (interpreter)",
-    "verify": "verification report",
-}
-"""What each stage of :func:`pipeline.export.job.export_run` does, in its order (the
-pipeline's own words, ``pipeline.export.job.STAGE_LABEL``, come first where it has them)."""
-
 
 def stage_label(name: str) -> str | None:
     """What stage ``name`` of an export does; None when it is not a stage of the export
     (a sub-stage, e.g. the loader's "weights", which the log shows)."""
     from pipeline.export.job import STAGE_LABEL
 
-    return STAGE_LABEL.get(name) or STAGE_LABELS.get(name)
+    return STAGE_LABEL.get(name)
 
 
 def export_stages(options: ExportOptions) -> list[str]:
@@ -172,8 +153,9 @@ class StageList(Static):
 
     def start(self, name: str, detail: str = "") -> bool:
         """Mark ``name`` running (False: not a stage of this list). A stage of the export
-        that the plan left out (:data:`STAGE_LABELS`) joins the list before the first
-        pending one: the list follows the pipeline even where the plan is out of date."""
+        (``pipeline.export.job.STAGE_LABEL``) that the plan left out joins the list before
+        the first pending one: the list follows the pipeline even where the plan is out of
+        date."""
         row = self.rows.get(name)
         if row is None and stage_label(name) is not None:
             row = StageRow(name)

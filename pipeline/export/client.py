@@ -108,6 +108,7 @@ class _Worker:
 
 
 STAGE_LABEL = {
+    "export-env": "create the export environment",
     "tools": "check the export tools",
     "merge": "merge the adapter",
     "reference": "reference replies (merged model)",
