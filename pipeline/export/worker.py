@@ -19,8 +19,9 @@ It does the parts that need litert-torch, TensorFlow, MediaPipe and LiteRT-LM:
 
 It speaks on stdout, one JSON object per line after :data:`MARK`; everything else the
 libraries print is left to stderr or unmarked lines, which the parent keeps in the export
-log. It imports only the standard library and numpy at module level: the heavy packages
-load inside the stages, so a missing one is reported as an event, not a traceback.
+log. At module level it imports only the standard library and :mod:`pipeline.export.bundle`
+(the ``.task`` member names; standard library only): the heavy packages load inside the
+stages, so a missing one is reported as an event, not a traceback.
 """
 
 # pyright: reportMissingImports=false
@@ -38,21 +39,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.export.bundle import TASK_METADATA, TASK_TFLITE, TASK_TOKENIZER
+
 MARK = "@@gemma-tui-export@@ "
 """Prefix of the worker's event lines on stdout."""
-
-TASK_TFLITE = "TF_LITE_PREFILL_DECODE"
-TASK_TOKENIZER = "TOKENIZER_MODEL"
-TASK_METADATA = "METADATA"
-
-QUANT_SUFFIX = {
-    "none": "f32",
-    "fp16": "fp16",
-    "dynamic_int8": "q8",
-    "weight_only_int8": "q8_wo",
-    "dynamic_int4_block32": "q4_block32",
-    "dynamic_int4_block128": "q4_block128",
-}
 
 
 def emit(event: str, **fields: Any) -> None:
