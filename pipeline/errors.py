@@ -74,3 +74,10 @@ class JobCancelled(PipelineError):
     """A long job stopped because its caller asked it to (``should_stop`` returned True)."""
 
     title = "Cancelled"
+
+
+class ChatError(PipelineError):
+    """A chat message cannot be answered: a model that cannot be opened, a message longer
+    than the context, a runtime that failed. The session it came from stays usable."""
+
+    title = "Chat"

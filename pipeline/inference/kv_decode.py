@@ -1,0 +1,151 @@
+"""Gemma 3 decoding with a KV cache, in JAX, over the training forward's weights.
+
+The same function as :func:`pipeline.models.gemma3_jax.hidden_states` (same blocks, same
+LoRA path, so a checkpoint answers with or without merging), computed incrementally: each
+call runs ``T`` new tokens at positions ``start .. start+T-1``, writes their keys and values
+into a fixed-size cache and attends over the cache with a causal (and, on local layers,
+sliding-window) mask. Then it picks the next token on the device (greedy, or temperature +
+top-k + top-p), so only one int crosses to the host per token.
+
+Compiles once per chunk length: prompts are fed in chunks padded to :data:`BUCKETS`, and
+decoding is the 1-token chunk, so a chat compiles a handful of programs, not one per message.
+Padded rows write junk into cache slots past the prompt; every later query masks keys after
+its own position, and those slots are overwritten before any query can see them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.models.config import GemmaArch
+from pipeline.models.gemma3_jax import _linear, _lora, _rms_norm, _rope
+
+BUCKETS = (32, 128, 512)
+"""Prefill chunk lengths; a longer prompt is fed in chunks of the largest."""
+_NEG_INF = -1e30
+
+
+def bucket(n: int) -> int:
+    """The chunk length that ``n`` tokens are padded to."""
+    for b in BUCKETS:
+        if n <= b:
+            return b
+    return BUCKETS[-1]
+
+
+def cache_slots(context: int) -> int:
+    """Cache rows for a context of ``context`` tokens (room for the last padded chunk)."""
+    return context + BUCKETS[-1]
+
+
+def init_cache(arch: GemmaArch, slots: int, dtype: Any) -> list[dict[str, Any]]:
+    import jax.numpy as jnp
+
+    shape = (1, slots, arch.num_key_value_heads, arch.head_dim)
+    return [
+        {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(arch.num_layers)
+    ]
+
+
+def extend(
+    params: Mapping[str, Any],
+    adapter: Mapping[str, Any] | None,
+    cache: Sequence[Mapping[str, Any]],
+    tokens: Any,
+    start: Any,
+    last: Any,
+    *,
+    arch: GemmaArch,
+    lora_scale: float,
+    dtype: Any,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run ``tokens [1, T]`` at positions ``start..``; returns (float32 logits ``[V]`` of row
+    ``last``, the updated cache)."""
+    import jax
+    import jax.numpy as jnp
+
+    embed = params["embed"]
+    eps = arch.layer_norm_epsilon
+    n, kv, hd = arch.num_query_heads, arch.num_key_value_heads, arch.head_dim
+    g = n // kv
+    t = tokens.shape[1]
+    slots = cache[0]["k"].shape[1]
+    x = jnp.take(embed, tokens, axis=0).astype(dtype)
+    x = x * jnp.asarray(math.sqrt(arch.hidden_dim), dtype)
+    qpos = start + jnp.arange(t, dtype=jnp.int32)  # [T]
+    positions = qpos[None]
+    keys = jnp.arange(slots, dtype=jnp.int32)
+    causal = keys[None, :] <= qpos[:, None]  # [T, S]
+    scale = jnp.asarray(1.0 / math.sqrt(hd), dtype)
+    layers_adapter = adapter["layers"] if adapter is not None else None
+    new_cache = []
+    for i, w in enumerate(params["layers"]):
+        lw = layers_adapter[i] if layers_adapter is not None else None
+        h = _rms_norm(x, w["pre_attn_norm"], eps)
+
+        def proj(name: str, heads: int, h: Any = h, w: Any = w, lw: Any = lw) -> Any:
+            y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(dtype))
+            extra = _lora(h, lw, name, lora_scale)
+            if extra is not None:
+                y = y + extra.reshape(1, t, heads, hd)
+            return y
+
+        q = _rms_norm(proj("q", n), w["q_norm"], eps)
+        k = _rms_norm(proj("k", kv), w["k_norm"], eps)
+        v = proj("v", kv)
+        wavelength = arch.rope_wavelength(i)
+        q = _rope(q, positions, wavelength)
+        k = _rope(k, positions, wavelength)
+        ck = jax.lax.dynamic_update_slice(
+            cache[i]["k"], k.astype(cache[i]["k"].dtype), (0, start, 0, 0)
+        )
+        cv = jax.lax.dynamic_update_slice(
+            cache[i]["v"], v.astype(cache[i]["v"].dtype), (0, start, 0, 0)
+        )
+        new_cache.append({"k": ck, "v": cv})
+        mask = causal
+        if arch.is_sliding(i):
+            mask = mask & (qpos[:, None] - keys[None, :] < arch.sliding_window_size)
+        qg = (q * scale).reshape(1, t, kv, g, hd)
+        logits = jnp.einsum("btkgh,bskh->bkgts", qg, ck.astype(dtype)).astype(jnp.float32)
+        logits = jnp.where(mask[None, None, None], logits, _NEG_INF)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+        attn = jnp.einsum("bkgts,bskh->btkgh", probs, cv.astype(dtype)).reshape(1, t, n, hd)
+        o = jnp.einsum("btnh,nhd->btd", attn, w["o"].astype(dtype))
+        extra = _lora(attn.reshape(1, t, n * hd), lw, "o", lora_scale)
+        if extra is not None:
+            o = o + extra
+        x = x + _rms_norm(o, w["post_attn_norm"], eps)
+        h = _rms_norm(x, w["pre_ffw_norm"], eps)
+        gate = _linear(h, w, lw, "gate", lora_scale)
+        up = _linear(h, w, lw, "up", lora_scale)
+        act = jax.nn.gelu(gate, approximate=True) * up
+        down = _linear(act, w, lw, "down", lora_scale)
+        x = x + _rms_norm(down, w["post_ffw_norm"], eps)
+    row = jax.lax.dynamic_index_in_dim(x[0], last, keepdims=False)
+    row = _rms_norm(row, params["final_norm"], eps)
+    out = jnp.einsum("d,vd->v", row, embed.astype(dtype), preferred_element_type=jnp.float32)
+    return out, new_cache
+
+
+def pick(logits: Any, key: Any, temperature: Any, top_p: Any, *, greedy: bool, top_k: int) -> Any:
+    """The next token from float32 ``logits [V]``: argmax, or a sample from the top-k (all
+    when 0) candidates whose cumulative probability first reaches ``top_p``."""
+    import jax
+    import jax.numpy as jnp
+
+    if greedy:
+        return jnp.argmax(logits).astype(jnp.int32)
+    scaled = logits / temperature
+    if top_k > 0:
+        vals, idx = jax.lax.top_k(scaled, top_k)
+    else:
+        idx = jnp.argsort(-scaled)
+        vals = scaled[idx]
+    probs = jax.nn.softmax(vals)
+    before = jnp.cumsum(probs) - probs  # mass of the better candidates
+    vals = jnp.where(before < top_p, vals, -jnp.inf)
+    choice = jax.random.categorical(key, vals)
+    return idx[choice].astype(jnp.int32)
