@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemma_tui import cli_export, cli_train
+from gemma_tui import cli_chat, cli_export, cli_train
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -567,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_train.add_commands(commands)
     cli_export.add_commands(commands)
+    cli_chat.add_commands(commands)
     return parser
 
 

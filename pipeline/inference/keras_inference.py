@@ -105,6 +105,17 @@ class KerasBackend:
 
         self._step = jax.jit(step, static_argnums=(9, 10), donate_argnums=donate)
 
+    def warmup(self) -> None:
+        """Compile the shortest prefill chunk and the 1-token step (greedy) now, so the
+        first message is answered at full speed."""
+        import jax
+
+        with jax.default_device(self.device):
+            key = jax.random.PRNGKey(0)
+            self._run([2, 2], 0, key, Sampling(max_new_tokens=1))
+            self._run([2], 2, key, Sampling(max_new_tokens=1))
+        self.cached = []
+
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer.encode(prompt))
 
@@ -280,7 +291,7 @@ def open_keras_backend(
                 adapter, scale, how = ckpt.adapter, ckpt.meta.scale, " + LoRA"
         params = params_from_backbone(model.backbone)
     text = label or f"{model.description}{how} · Keras/JAX on {platform}"
-    return KerasBackend(
+    backend = KerasBackend(
         params,
         adapter,
         model.tokenizer,
@@ -292,3 +303,5 @@ def open_keras_backend(
         device=dev,
         keep_alive=model,
     )
+    backend.warmup()
+    return backend
