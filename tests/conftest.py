@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,42 @@ def oracle_python() -> Path:
             f"(or set {ORACLE_ENV_VAR})"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def yes_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """(workspace, run folder) of the tiny model taught to answer "Yes." and stop
+    (:func:`tests.tiny_run.train_yes_run`; trained once per test session)."""
+    from tests.tiny_run import train_yes_run
+
+    return train_yes_run(tmp_path_factory.mktemp("yes-run"))
+
+
+@pytest.fixture(scope="session")
+def export_env() -> Any:
+    """The export environment; the test is skipped when it does not exist."""
+    from pipeline.export.env import find_export_env
+
+    env = find_export_env()
+    if env is None:
+        pytest.skip("no export environment: run `bash scripts/make_export_env.sh`")
+    return env
+
+
+YES_EXPORT = {"prefill_lens": (32,), "kv_len": 128, "max_new_tokens": 12}
+
+
+@pytest.fixture(scope="session")
+def yes_export(
+    export_env: Any, yes_run: tuple[Any, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The "Yes." run exported in float32 as .task, .litertlm and .tflite, verified; the
+    export folder (outside the run's workspace, so export tests cannot replace it)."""
+    from pipeline.export.job import ExportOptions, export_run
+
+    ws, run_dir = yes_run
+    out = tmp_path_factory.mktemp("yes-export") / "tiny-run-final-f32"
+    options = ExportOptions(quant="none", formats=("task", "litertlm", "tflite"), **YES_EXPORT)  # type: ignore[arg-type]
+    result = export_run(run_dir, options=options, workspace=ws, out_dir=out)
+    assert result.status == "ok", result.report and result.report.summary()
+    return out

@@ -42,3 +42,36 @@ def tiny_profile_toml(name: str, *, eval_fraction: float | None = None, **train:
     if eval_fraction is not None:
         lines += ["[data]", f"eval_fraction = {eval_fraction!r}"]
     return "\n".join(lines) + "\n"
+
+
+ALL_TARGETS = '["q", "k", "v", "o", "gate", "up", "down"]'
+YES_RUN = "tiny-run"
+
+
+def train_yes_run(root: Path) -> tuple[Any, Path]:
+    """(workspace, run folder) of the tiny model taught to answer "Yes." and stop: LoRA r8
+    on every projection, 60 steps at a high rate, a checkpoint at step 30 and final/. Its
+    greedy replies are "Yes." then <end_of_turn>, so stop tokens are exercised for real."""
+    from pipeline.profiles.io import loads_profile
+    from pipeline.training.trainer import train
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(root / "ws")
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"What is {i} plus {i}?"},
+                {"from": "gpt", "value": "Yes."},
+            ]
+        }
+        for i in range(40)
+    ]
+    data = root / "yes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    toml = tiny_profile_toml("tiny-export", max_steps=60, learning_rate=2e-2, checkpoint_every=30)
+    toml = toml.replace('targets = ["q", "v"]', f"targets = {ALL_TARGETS}")
+    toml = toml.replace("rank = 4", "rank = 8")
+    run_dir = ws.runs_dir / YES_RUN
+    result = train(loads_profile(toml), data=data, workspace=ws, run_dir=run_dir)
+    assert result.status == "finished"
+    return ws, run_dir

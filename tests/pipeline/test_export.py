@@ -39,10 +39,7 @@ from pipeline.export.verify import (
     interpreter_report,
 )
 from pipeline.models.config import ARCH_1B, ARCH_270M
-from pipeline.profiles.io import loads_profile
-from pipeline.training.trainer import train
 from pipeline.workspace import Workspace
-from tests.tiny_run import tiny_profile_toml
 
 # --------------------------------------------------------------------------- options
 
@@ -260,34 +257,10 @@ def test_forced_agreement_counts_the_stop_token():
 # --------------------------------------------------------------------------- sources
 
 
-ALL_TARGETS = '["q", "k", "v", "o", "gate", "up", "down"]'
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
-    """The tiny model taught to answer "Yes." and stop (LoRA r8 on every projection, 60 steps
-    at a high rate; a checkpoint at step 30 and final/): its greedy replies end with
-    <end_of_turn> after two tokens, so the stop test is exercised for real."""
-    root = tmp_path_factory.mktemp("export")
-    ws = Workspace(root / "ws")
-    rows = [
-        {
-            "conversations": [
-                {"from": "human", "value": f"What is {i} plus {i}?"},
-                {"from": "gpt", "value": "Yes."},
-            ]
-        }
-        for i in range(40)
-    ]
-    data = root / "yes.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    toml = tiny_profile_toml("tiny-export", max_steps=60, learning_rate=2e-2, checkpoint_every=30)
-    toml = toml.replace('targets = ["q", "v"]', f"targets = {ALL_TARGETS}")
-    toml = toml.replace("rank = 4", "rank = 8")
-    run_dir = ws.runs_dir / "tiny-run"
-    result = train(loads_profile(toml), data=data, workspace=ws, run_dir=run_dir)
-    assert result.status == "finished"
-    return ws, run_dir
+def tiny_run(yes_run: tuple[Workspace, Path]) -> tuple[Workspace, Path]:
+    """The tiny model taught to answer "Yes." and stop (tests/tiny_run.py: ``train_yes_run``)."""
+    return yes_run
 
 
 def test_resolve_source_picks_and_refuses(tiny_run, tmp_path: Path):
@@ -334,16 +307,6 @@ def test_bad_inputs_write_nothing_in_the_workspace(tiny_run, tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- the chain
-
-
-@pytest.fixture(scope="module")
-def export_env():
-    from pipeline.export.env import find_export_env
-
-    env = find_export_env()
-    if env is None:
-        pytest.skip("no export environment: run `bash scripts/make_export_env.sh`")
-    return env
 
 
 TINY = {"prefill_lens": (32,), "kv_len": 128, "max_new_tokens": 12}
