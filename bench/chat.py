@@ -144,7 +144,8 @@ def gpu_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
         for layer in adapter["layers"]:
             for t in layer.values():
                 t["b"] = t["b"] + 0.01
-        for how, ad in (("", None), (" + LoRA r16 separate", adapter)):
+        cases = [("", None, 1), ("", None, 8), (" + LoRA r16 separate", adapter, 8)]
+        for how, ad, chunk in cases:
             b = KerasBackend(
                 params,
                 ad,
@@ -155,9 +156,11 @@ def gpu_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dtype="bfloat16",
                 context_length=2048,
                 device=dev,
+                chunk=chunk,
             )
             b.warmup()
-            rows += measure(b, f"keras {arch.name} bf16{how}", args)
+            steps = f", {chunk} step{'s' if chunk > 1 else ''}/call"
+            rows += measure(b, f"keras {arch.name} bf16{how}{steps}", args)
             b.close()
         del params
     return rows

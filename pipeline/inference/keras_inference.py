@@ -16,7 +16,14 @@ from typing import Any
 from pipeline.errors import ChatError, PipelineError
 from pipeline.events import EventSink, StopCheck, ignore_event, never_stop
 from pipeline.inference.chat import GenDelta, GenDone, Sampling
-from pipeline.inference.kv_decode import bucket, cache_slots, extend, init_cache, pick
+from pipeline.inference.kv_decode import (
+    bucket,
+    cache_slots,
+    decode_chunk,
+    extend,
+    init_cache,
+    pick,
+)
 from pipeline.models.config import GemmaArch
 from pipeline.models.tokenizer import END_OF_TURN_ID, EOS_ID, GemmaTokenizer
 
@@ -79,6 +86,7 @@ class KerasBackend:
         context_length: int = DEFAULT_CONTEXT,
         device: Any = None,
         keep_alive: Any = None,
+        chunk: int | None = None,
     ) -> None:
         import jax
         import jax.numpy as jnp
@@ -104,6 +112,15 @@ class KerasBackend:
             return pick(logits, key, temperature, top_p, greedy=greedy, top_k=top_k), cache
 
         self._step = jax.jit(step, static_argnums=(9, 10), donate_argnums=donate)
+        self.chunk = chunk or (1 if self.device.platform == "cpu" else 8)
+        """Decode steps per device call: 8 on a GPU (the per-token host round trip costs
+        more than the step), 1 on the CPU (a step costs far more than the round trip, and
+        text then streams token by token)."""
+        many = functools.partial(decode_chunk, arch=arch, lora_scale=lora_scale, dtype=self.dtype)
+        self._chunk = jax.jit(
+            many, static_argnames=("steps", "greedy", "top_k"), donate_argnums=donate
+        )
+        self._stop_ids = jnp.asarray(sorted(STOP_IDS), jnp.int32)
 
     def warmup(self) -> None:
         """Compile the shortest prefill chunk and the 1-token step (greedy) now, so the
@@ -114,6 +131,8 @@ class KerasBackend:
             key = jax.random.PRNGKey(0)
             self._run([2, 2], 0, key, Sampling(max_new_tokens=1))
             self._run([2], 2, key, Sampling(max_new_tokens=1))
+            if self.chunk > 1:
+                self._next(2, 3, key, Sampling(max_new_tokens=2), 2)
         self.cached = []
 
     def count_tokens(self, prompt: str) -> int:
@@ -140,6 +159,32 @@ class KerasBackend:
             int(s.top_k),
         )
         return int(tok)
+
+    def _next(self, token: int, pos: int, key: Any, s: Sampling, remaining: int) -> list[int]:
+        """Feed ``token`` at ``pos``; the tokens picked after it (up to ``self.chunk`` and
+        ``remaining``; ends early at a stop token, which is then the last)."""
+        import jax.numpy as jnp
+        import numpy as np
+
+        if self.chunk == 1 or remaining <= 1:
+            return [self._run([token], pos, key, s)]
+        out, n, self.cache = self._chunk(
+            self.params,
+            self.adapter,
+            self.cache,
+            jnp.int32(token),
+            jnp.int32(pos),
+            key,
+            jnp.float32(max(s.temperature, 1e-6)),
+            jnp.float32(s.top_p),
+            jnp.int32(remaining),
+            self._stop_ids,
+            steps=self.chunk,
+            greedy=s.greedy,
+            top_k=int(s.top_k),
+        )
+        got = np.asarray(out)
+        return [int(t) for t in got[: int(n)]]
 
     def generate(
         self, prompt: str, sampling: Sampling, should_stop: Callable[[], bool]
@@ -192,7 +237,9 @@ class KerasBackend:
                 new = 0
                 reason = "max_tokens"
                 limit = min(sampling.max_new_tokens, self.context_length - len(ids))
+                ahead = [token]  # picked, not yet shown
                 while True:
+                    token = ahead.pop(0)
                     if token in STOP_IDS:
                         reason = "stop_token"
                         break
@@ -205,9 +252,13 @@ class KerasBackend:
                     if should_stop():
                         reason = "stopped"
                         break
-                    self.cached.append(token)
-                    token = self._run([token], pos, key(), sampling)
-                    pos += 1
+                    if not ahead:
+                        got = self._next(token, pos, key(), sampling, limit - new)
+                        # the cache now holds token and every picked token but the last
+                        self.cached.append(token)
+                        self.cached.extend(got[:-1])
+                        pos += len(got)
+                        ahead = got
                 rest = text.flush()
                 if rest:
                     yield GenDelta(rest, 0)
@@ -245,6 +296,7 @@ def open_keras_backend(
     on_event: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
     label: str | None = None,
+    chunk: int | None = None,
 ) -> KerasBackend:
     """Load ``model_source`` (anything ``gemma-tui train`` takes as a model), plus the LoRA
     adapter of the checkpoint folder ``checkpoint`` (as a separate path, or merged into the
@@ -302,6 +354,7 @@ def open_keras_backend(
         context_length=context_length,
         device=dev,
         keep_alive=model,
+        chunk=chunk,
     )
     backend.warmup()
     return backend

@@ -112,6 +112,28 @@ def test_kv_cache_decoding_equals_the_training_forward_across_turns(tiny):
     assert second.first_token_s is not None and second.decode_tokens_per_s is not None
 
 
+def test_several_decode_steps_per_device_call_give_the_same_replies(tiny):
+    """The GPU's chunked decoding (8 steps in one device program) on the CPU: the same greedy
+    replies and the same cache contents as one step per call, and stopping still works."""
+    from pipeline.inference.keras_inference import open_keras_backend
+
+    chunked = open_keras_backend("tiny", device="cpu", context_length=256, chunk=8)
+    try:
+        assert chunked.chunk == 8 and tiny.chunk == 1
+        one = ChatSession(tiny, system="x", sampling=Sampling(max_new_tokens=30))
+        many = ChatSession(chunked, system="x", sampling=Sampling(max_new_tokens=30))
+        for q in ("Hello there", "More, please."):
+            a, b = one.send(q), many.send(q)
+            assert a.text == b.text and b.stats.new_tokens == 30
+            assert chunked.cached == tiny.cached
+        seen: list[str] = []
+        s = ChatSession(chunked, sampling=Sampling(max_new_tokens=100))
+        done = s.send("Go.", on_text=seen.append, should_stop=lambda: len(seen) >= 5)
+        assert done.stats.stop_reason == "stopped" and done.stats.new_tokens < 8 + 5
+    finally:
+        chunked.close()
+
+
 def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(tiny):
     s = ChatSession(tiny, sampling=Sampling(temperature=1.0, seed=7, max_new_tokens=16))
     a = s.send("Tell me something.").text
