@@ -1,9 +1,8 @@
 """The gemma-tui application: modes, global keys, the command palette. Routing only.
 
-Each stage of a fine-tune is a Textual *mode* with its own screen stack: ``dataset`` now;
-``train``, ``runs``, ``export`` and ``chat`` slot into :data:`MODES` as their screens land.
-Only screens that work are listed. Workers belong to the mode screens (which stay mounted
-while the app runs) or to the app, never to a modal.
+Each stage of a fine-tune is a Textual *mode* with its own screen stack: ``dataset``,
+``train``, ``runs``, ``export`` and ``chat`` (:data:`MODES`, keys 1 to 5). Workers belong
+to the mode screens (which stay mounted while the app runs) or to the app, never to a modal.
 
 Startup is kept light: nothing here imports the data stack (pandas, pandera, pyarrow,
 datasets, through ``pipeline.data``'s modules; only its plain ``pipeline.data.types``) or the
@@ -22,6 +21,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from gemma_tui.screens.chat import ChatScreen
 from gemma_tui.screens.dataset import DatasetScreen
 from gemma_tui.screens.export import ExportScreen
 from gemma_tui.screens.help import HelpScreen, HelpSection, describe_bindings
@@ -49,7 +49,7 @@ MODES: tuple[Mode, ...] = (
     Mode("train", "Train", "2", lambda app: TrainScreen()),
     Mode("runs", "Runs", "3", lambda app: RunsScreen()),
     Mode("export", "Export", "4", lambda app: ExportScreen()),
-    # Mode("chat", "Chat", "5", ...)
+    Mode("chat", "Chat", "5", lambda app: ChatScreen()),
 )
 
 
@@ -127,6 +127,31 @@ PALETTE_COMMANDS: tuple[PaletteCommand, ...] = (
     PaletteCommand(
         "Delete run", "Delete the selected run's folder (asks first)", "runs_command('delete')"
     ),
+    PaletteCommand(
+        "Chat with a model",
+        "The embedded model, a run's checkpoint or an export (key 5, then F2)",
+        "chat_command('pick')",
+    ),
+    PaletteCommand(
+        "Compare two models",
+        "The same messages to two models side by side (Chat screen, F3)",
+        "chat_command('compare')",
+    ),
+    PaletteCommand(
+        "Chat settings",
+        "System prompt, sampling, context, device, runtime (Chat screen, F4)",
+        "chat_command('settings')",
+    ),
+    PaletteCommand(
+        "Save chat",
+        "Append the conversation to a ShareGPT JSONL file (Chat screen, ctrl+s)",
+        "chat_command('save')",
+    ),
+    PaletteCommand(
+        "New chat conversation",
+        "Forget the conversation (Chat screen, ctrl+n)",
+        "chat_command('new_conversation')",
+    ),
     PaletteCommand("Help", "Show every key", "help"),
     PaletteCommand("Quit", "Quit gemma-tui (asks first while a job runs)", "quit"),
 )
@@ -196,6 +221,18 @@ class GemmaTuiApp(App[None]):
         """Run ``action`` on the Runs screen (switching to it first)."""
         await self.switch_mode("runs")
         await self.run_action(action, self.screen)
+
+    async def action_chat_command(self, action: str) -> None:
+        """Run ``action`` on the Chat screen (switching to it first)."""
+        await self.switch_mode("chat")
+        await self.run_action(action, self.screen)
+
+    async def chat_with(self, ref: str) -> None:
+        """Show the Chat screen talking to ``ref`` (a run folder, a bundle, a model source)."""
+        await self.switch_mode("chat")
+        screen = self.get_screen_stack("chat")[0]
+        if isinstance(screen, ChatScreen):
+            screen.open_ref(ref)
 
     async def resume_run_here(self, run_dir: Path) -> None:
         """Resume the stopped run in ``run_dir`` in this process, on the Train screen."""

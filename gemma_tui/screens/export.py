@@ -17,7 +17,8 @@ Five steps, one shown at a time (``^n`` next, ``^b`` back, or a click on the str
    (:func:`pipeline.export.env.create_export_env`, its steps in the log); the export follows.
 4. **Report** and 5. **Try it** (:mod:`gemma_tui.screens.export_result`): the verdict and
    ``verify.md``; one prompt to the ``.task`` or ``.litertlm``
-   (:func:`pipeline.export.job.bundle_replies`, in this screen's worker too).
+   (:func:`pipeline.export.job.bundle_replies`, in this screen's worker too); ``^t`` opens
+   the Chat screen (5) on the chosen bundle for a whole conversation.
 
 Jobs are this screen's (a mode's base screen stays mounted, so they are never cancelled by a
 dialog closing). Nothing heavy is imported at module level: the pipeline's export code in the
@@ -90,6 +91,13 @@ EXPORT_BINDINGS: list[BindingType] = [
     Binding("ctrl+n", "next_step", "Next step", key_display="^n"),
     Binding("ctrl+b", "previous_step", "Back", key_display="^b"),
     Binding("f3", "switch_bundle", "Other bundle", tooltip="Try the .task or the .litertlm"),
+    Binding(
+        "ctrl+t",
+        "chat",
+        "Chat",
+        key_display="^t",
+        tooltip="Hold a conversation with the chosen bundle (the Chat screen, 5)",
+    ),
     Binding("ctrl+r", "refresh", "Reread runs", key_display="^r"),
 ]
 
@@ -235,6 +243,8 @@ class ExportScreen(JobScreen):
             return self.step > SOURCE
         if action == "switch_bundle":
             return self.step == TRY
+        if action == "chat":
+            return self.step == TRY and bool(bundles_of(self.result))
         return True
 
     # ---- steps
@@ -667,6 +677,17 @@ class ExportScreen(JobScreen):
         )
 
     # ---- step 5: try it
+
+    async def action_chat(self) -> None:
+        """The Chat screen, talking to the bundle chosen on the Try it step."""
+        from gemma_tui.app import GemmaTuiApp
+
+        bundle = self.try_step.chosen()
+        if bundle is None:
+            self.notify("This export has no .task or .litertlm to chat with.", severity="warning")
+            return
+        if isinstance(self.app, GemmaTuiApp):
+            await self.app.chat_with(str(bundle))
 
     def action_switch_bundle(self) -> None:
         if not self.try_step.switch():

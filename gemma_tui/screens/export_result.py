@@ -149,7 +149,8 @@ class TryStep(Vertical):
         intro.append("Ask the exported model one question", style="bold")
         intro.append(
             f" (a fresh conversation each time, greedy, up to {TRY_MAX_NEW_TOKENS} tokens, on "
-            f"the CPU; the Chat screen will hold conversations). Bundles: {names}.",
+            f"the CPU; ^t holds a whole conversation with it on the Chat screen). Bundles: "
+            f"{names}.",
             style="dim",
         )
         self.query_one("#try-intro", Static).update(intro)

@@ -243,8 +243,12 @@ class OutputPathsModal(ModalScreen[OutputChoice | None]):
         inputs: Sequence[Path] = (),
         options: Sequence[str] = (),
         option_label: str = "",
+        action: str = "Run",
+        note: str = "",
     ) -> None:
         super().__init__(classes="modal")
+        self.action_label = action
+        self.note = note
         self.title_text = title
         self.fields = tuple(fields)
         self.inputs = tuple(inputs)
@@ -271,8 +275,10 @@ class OutputPathsModal(ModalScreen[OutputChoice | None]):
                     id="output-option",
                 )
             yield Label("", classes="dialog-error", id="output-error")
+            if self.note:
+                yield Static(self.note, classes="dialog-help", markup=False)
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Run (enter)", variant="primary", id="run")
+                yield Button(f"{self.action_label} (enter)", variant="primary", id="run")
                 yield Button("Cancel (esc)", id="cancel")
 
     def _error(self, message: str) -> None:

@@ -8,8 +8,9 @@ run); the table is rebuilt only when runs appear or go.
 Enter opens a run (:class:`~gemma_tui.screens.runs_detail.RunDetailScreen`, which follows a
 running run live); space marks runs and ``c`` compares the marked ones on one plot; ``r``
 resumes a stopped run (here or detached), ``s`` asks a running run to stop, ``d`` deletes a
-run that no process holds, ``e`` opens the Export screen (4) on the run. Nothing here writes
-a run except ``request_stop`` and the delete.
+run that no process holds, ``e`` opens the Export screen (4) on the run, ``t`` the Chat screen
+(5) on its newest checkpoint. Nothing here writes a run except ``request_stop`` and the
+delete.
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ class RunsScreen(RunActions):
         Binding("s", "stop", "Stop"),
         Binding("d", "delete", "Delete"),
         Binding("e", "export", "Export", tooltip="Export this run (the Export screen, 4)"),
+        Binding(
+            "t",
+            "chat",
+            "Chat",
+            tooltip="Talk to this run's newest checkpoint (the Chat screen, 5)",
+        ),
         Binding("ctrl+r,f5", "refresh", "Refresh", key_display="^r"),
     ]
 
@@ -306,6 +313,17 @@ class RunsScreen(RunActions):
         screen = self.app.screen
         if isinstance(screen, ExportScreen):
             screen.select_run(run.path)
+
+    async def action_chat(self) -> None:
+        from gemma_tui.app import GemmaTuiApp
+
+        run = self.selected_run()
+        if run is None:
+            self.notify("No run to chat with yet.", severity="warning")
+            return
+        app = self.app
+        if isinstance(app, GemmaTuiApp):
+            await app.chat_with(str(run.path))
 
     def action_mark(self) -> None:
         run = self.selected_run()

@@ -231,8 +231,13 @@ class ChatSession:
 
     def __post_init__(self) -> None:
         check_sampling(self.sampling)
+
+    def _seeded(self) -> Sampling:
+        """The sampling settings, with a random seed drawn (and kept, so it can be shown and
+        reused) when sampling is on and no seed was given."""
         if self.sampling.seed is None and not self.sampling.greedy:
             self.sampling = replace(self.sampling, seed=int.from_bytes(os.urandom(4), "little"))
+        return self.sampling
 
     # ---- the prompt
 
@@ -290,6 +295,7 @@ class ChatSession:
         if not text.strip():
             raise ChatError("The message is empty.", hint="Type something to send.")
         stop = should_stop or _never
+        check_sampling(self.sampling)
         prompt, n, start, budget = self._fit(text)
         if start > self.first_shown:
             yield ContextTrimmed(
@@ -298,7 +304,7 @@ class ChatSession:
                 prompt_tokens=n,
                 context=self.backend.context_length,
             )
-        sampling = replace(self.sampling, max_new_tokens=budget)
+        sampling = replace(self._seeded(), max_new_tokens=budget)
         if sampling.seed is not None:
             # a different but reproducible stream for every turn of a seeded session
             sampling = replace(sampling, seed=(sampling.seed + len(self.history)) % 2**32)

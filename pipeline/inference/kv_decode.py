@@ -49,6 +49,17 @@ def init_cache(arch: GemmaArch, slots: int, dtype: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _proj(h: Any, w: Any, lw: Any, name: str, heads: int, hd: int, dtype: Any, scale: float) -> Any:
+    """``h [1, T, D]`` through the ``name`` projection (and its LoRA) -> ``[1, T, heads, hd]``."""
+    import jax.numpy as jnp
+
+    y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(dtype))
+    extra = _lora(h, lw, name, scale)
+    if extra is not None:
+        y = y + extra.reshape(y.shape)
+    return y
+
+
 def extend(
     params: Mapping[str, Any],
     adapter: Mapping[str, Any] | None,
@@ -83,18 +94,10 @@ def extend(
     new_cache = []
     for i, w in enumerate(params["layers"]):
         lw = layers_adapter[i] if layers_adapter is not None else None
-        h = _rms_norm(x, w["pre_attn_norm"], eps)
-
-        def proj(name: str, heads: int, h: Any = h, w: Any = w, lw: Any = lw) -> Any:
-            y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(dtype))
-            extra = _lora(h, lw, name, lora_scale)
-            if extra is not None:
-                y = y + extra.reshape(1, t, heads, hd)
-            return y
-
-        q = _rms_norm(proj("q", n), w["q_norm"], eps)
-        k = _rms_norm(proj("k", kv), w["k_norm"], eps)
-        v = proj("v", kv)
+        hn = _rms_norm(x, w["pre_attn_norm"], eps)
+        q = _rms_norm(_proj(hn, w, lw, "q", n, hd, dtype, lora_scale), w["q_norm"], eps)
+        k = _rms_norm(_proj(hn, w, lw, "k", kv, hd, dtype, lora_scale), w["k_norm"], eps)
+        v = _proj(hn, w, lw, "v", kv, hd, dtype, lora_scale)
         wavelength = arch.rope_wavelength(i)
         q = _rope(q, positions, wavelength)
         k = _rope(k, positions, wavelength)
@@ -205,5 +208,5 @@ def decode_chunk(
         return i + 1, nxt, cache, out, jnp.any(nxt == stop_ids)
 
     state = (jnp.int32(0), jnp.asarray(token, jnp.int32), list(cache), out0, jnp.bool_(False))
-    n, _tok, cache, out, _done = jax.lax.while_loop(cond, body, state)
-    return out, n, cache
+    n, _tok, new_cache, out, _done = jax.lax.while_loop(cond, body, state)
+    return out, n, new_cache

@@ -141,6 +141,14 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(tiny):
     assert s.send("Tell me something.").text == a
     other = ChatSession(tiny, sampling=Sampling(temperature=1.0, seed=8, max_new_tokens=16))
     assert other.send("Tell me something.").text != a
+    # no seed: each session draws its own (also when sampling is switched on later)
+    unseeded = []
+    for _ in range(2):
+        u = ChatSession(tiny)
+        u.sampling = Sampling(temperature=1.0, max_new_tokens=16)
+        unseeded.append(u.send("Tell me something.").text)
+        assert u.sampling.seed is not None
+    assert unseeded[0] != unseeded[1]
     greedy = ChatSession(tiny, sampling=Sampling(max_new_tokens=16)).send("Tell me something.")
     top1 = ChatSession(tiny, sampling=Sampling(temperature=1.0, top_k=1, max_new_tokens=16))
     assert top1.send("Tell me something.").text == greedy.text

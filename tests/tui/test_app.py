@@ -9,6 +9,7 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from gemma_tui.app import MODES, PALETTE_COMMANDS, GemmaTuiApp
+from gemma_tui.screens.chat import ChatScreen
 from gemma_tui.screens.dataset import DatasetScreen
 from gemma_tui.screens.export import ExportScreen
 from gemma_tui.screens.help import HelpScreen
@@ -40,7 +41,7 @@ async def _run_command(pilot: Pilot[object], name: str) -> None:
 
 
 async def test_starts_on_the_dataset_screen_with_only_working_modes() -> None:
-    assert [mode.name for mode in MODES] == ["dataset", "train", "runs", "export"]
+    assert [mode.name for mode in MODES] == ["dataset", "train", "runs", "export", "chat"]
     app = GemmaTuiApp()
     async with app.run_test(size=TERMINAL_SIZE) as pilot:
         assert app.current_mode == "dataset"
@@ -53,7 +54,9 @@ async def test_starts_on_the_dataset_screen_with_only_working_modes() -> None:
         assert isinstance(app.screen, RunsScreen)
         await pilot.press("4")
         assert isinstance(app.screen, ExportScreen)
-        await pilot.press("1")
+        await pilot.press("5")
+        assert isinstance(app.screen, ChatScreen)
+        await pilot.press("escape", "1")  # esc leaves the chat input, then 1 switches
         assert isinstance(app.screen, DatasetScreen)
 
 

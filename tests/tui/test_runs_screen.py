@@ -448,7 +448,7 @@ async def test_help_lists_the_runs_keys(workspace: Path) -> None:
         (title, rows), *_ = screen.help_sections()
         assert title == "Runs"
         described = dict(rows)
-        for keys in ("⏎", "space", "c", "r", "s", "d"):
+        for keys in ("⏎", "space", "c", "r", "s", "d", "e", "t"):
             assert keys in described, keys
 
 
