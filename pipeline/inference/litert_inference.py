@@ -33,11 +33,10 @@ MARK = "@@gemma-tui-chat@@ "
 DEFAULT_KV = 1280
 """The KV-cache length of an export whose manifest does not say (ExportOptions' default)."""
 START_TIMEOUT_S = 600.0
-TFLITE_MAGIC = b"TFL3"
 
 
 def _check_file(path: Path, runtime: Runtime) -> None:
-    from pipeline.export.bundle import check_litertlm, check_task
+    from pipeline.export.bundle import TFLITE_MAGIC, check_litertlm, check_task
 
     if not path.is_file():
         raise ChatError(f"{path} does not exist", hint="Check the path (`gemma-tui exports`).")
