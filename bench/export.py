@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_host import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -111,14 +113,7 @@ def num(x: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
