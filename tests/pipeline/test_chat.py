@@ -252,6 +252,22 @@ def test_targets_list_and_resolve(yes_run, tmp_path: Path):
         resolve_target(str(tmp_path / "gone.litertlm"), ws)
 
 
+def test_a_damaged_checkpoint_is_a_clear_error(yes_run, tmp_path: Path):
+    import shutil
+
+    ws, run_dir = yes_run
+    broken = tmp_path / "broken-run"
+    shutil.copytree(run_dir, broken)
+    npz = broken / "final" / "adapter.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(ChatError, match=r"broken-run@final is damaged: adapter\.npz is not an"):
+        resolve_target(f"{broken}@final", ws)
+    assert resolve_target(str(broken), ws).ref == "broken-run@30"  # the newest usable one
+    (broken / "checkpoints" / "step-000030" / "adapter.npz").unlink()
+    with pytest.raises(ChatError, match=r"every checkpoint of run broken-run is damaged"):
+        resolve_target(str(broken), ws)
+
+
 def test_float16_is_refused(tmp_path: Path):
     ws = Workspace(tmp_path)
     with pytest.raises(ChatError, match="float16 is not supported"):
