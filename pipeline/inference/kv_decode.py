@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.models.config import GemmaArch
-from pipeline.models.gemma3_jax import _linear, _lora, _rms_norm, _rope
+from pipeline.models.gemma3_jax import _rms_norm, _rope, finish_block, head_projection
 
 BUCKETS = (32, 128, 512)
 """Prefill chunk lengths; a longer prompt is fed in chunks of the largest."""
@@ -47,17 +47,6 @@ def init_cache(arch: GemmaArch, slots: int, dtype: Any) -> list[dict[str, Any]]:
     return [
         {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(arch.num_layers)
     ]
-
-
-def _proj(h: Any, w: Any, lw: Any, name: str, heads: int, hd: int, dtype: Any, scale: float) -> Any:
-    """``h [1, T, D]`` through the ``name`` projection (and its LoRA) -> ``[1, T, heads, hd]``."""
-    import jax.numpy as jnp
-
-    y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(dtype))
-    extra = _lora(h, lw, name, scale)
-    if extra is not None:
-        y = y + extra.reshape(y.shape)
-    return y
 
 
 def extend(
@@ -95,9 +84,9 @@ def extend(
     for i, w in enumerate(params["layers"]):
         lw = layers_adapter[i] if layers_adapter is not None else None
         hn = _rms_norm(x, w["pre_attn_norm"], eps)
-        q = _rms_norm(_proj(hn, w, lw, "q", n, hd, dtype, lora_scale), w["q_norm"], eps)
-        k = _rms_norm(_proj(hn, w, lw, "k", kv, hd, dtype, lora_scale), w["k_norm"], eps)
-        v = _proj(hn, w, lw, "v", kv, hd, dtype, lora_scale)
+        q = _rms_norm(head_projection(hn, w, lw, "q", lora_scale), w["q_norm"], eps)
+        k = _rms_norm(head_projection(hn, w, lw, "k", lora_scale), w["k_norm"], eps)
+        v = head_projection(hn, w, lw, "v", lora_scale)
         wavelength = arch.rope_wavelength(i)
         q = _rope(q, positions, wavelength)
         k = _rope(k, positions, wavelength)
@@ -116,17 +105,7 @@ def extend(
         logits = jnp.where(mask[None, None, None], logits, _NEG_INF)
         probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
         attn = jnp.einsum("bkgts,bskh->btkgh", probs, cv.astype(dtype)).reshape(1, t, n, hd)
-        o = jnp.einsum("btnh,nhd->btd", attn, w["o"].astype(dtype))
-        extra = _lora(attn.reshape(1, t, n * hd), lw, "o", lora_scale)
-        if extra is not None:
-            o = o + extra
-        x = x + _rms_norm(o, w["post_attn_norm"], eps)
-        h = _rms_norm(x, w["pre_ffw_norm"], eps)
-        gate = _linear(h, w, lw, "gate", lora_scale)
-        up = _linear(h, w, lw, "up", lora_scale)
-        act = jax.nn.gelu(gate, approximate=True) * up
-        down = _linear(act, w, lw, "down", lora_scale)
-        x = x + _rms_norm(down, w["post_ffw_norm"], eps)
+        x = finish_block(x, attn, w, lw, lora_scale=lora_scale, eps=eps)
     row = jax.lax.dynamic_index_in_dim(x[0], last, keepdims=False)
     row = _rms_norm(row, params["final_norm"], eps)
     out = jnp.einsum("d,vd->v", row, embed.astype(dtype), preferred_element_type=jnp.float32)

@@ -248,26 +248,11 @@ def _block(
     segment_ids: jax.Array | None,
     impl: AttentionImpl,
 ) -> jax.Array:
-    import jax
-    import jax.numpy as jnp
-
     eps = arch.layer_norm_epsilon
-    b, t, _d = x.shape
-    n, kv, hd = arch.num_query_heads, arch.num_key_value_heads, arch.head_dim
-    dt = x.dtype
-
     h = _rms_norm(x, w["pre_attn_norm"], eps)
-
-    def proj(name: str, heads: int) -> jax.Array:
-        y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(dt))
-        extra = _lora(h, lw, name, lora_scale)
-        if extra is not None:
-            y = y + extra.reshape(b, t, heads, hd)
-        return y
-
-    q = _rms_norm(proj("q", n), w["q_norm"], eps)
-    k = _rms_norm(proj("k", kv), w["k_norm"], eps)
-    v = proj("v", kv)
+    q = _rms_norm(head_projection(h, w, lw, "q", lora_scale), w["q_norm"], eps)
+    k = _rms_norm(head_projection(h, w, lw, "k", lora_scale), w["k_norm"], eps)
+    v = head_projection(h, w, lw, "v", lora_scale)
     wavelength = arch.rope_wavelength(layer)
     q = _rope(q, positions, wavelength)
     k = _rope(k, positions, wavelength)
@@ -275,12 +260,42 @@ def _block(
     attn = _attend(
         q, k, v, positions=positions, segment_ids=segment_ids, sliding_window=window, impl=impl
     )
-    o = jnp.einsum("btnh,nhd->btd", attn, w["o"].astype(dt))
+    return finish_block(x, attn, w, lw, lora_scale=lora_scale, eps=eps)
+
+
+def head_projection(
+    h: jax.Array, w: Mapping[str, Any], lw: Mapping[str, Any] | None, name: str, scale: float
+) -> jax.Array:
+    """``h [B, T, D]`` through the ``q``, ``k`` or ``v`` kernel ``[heads, D, Hd]`` and its
+    LoRA -> ``[B, T, heads, Hd]``."""
+    import jax.numpy as jnp
+
+    y = jnp.einsum("btd,ndh->btnh", h, w[name].astype(h.dtype))
+    extra = _lora(h, lw, name, scale)
+    if extra is not None:
+        y = y + extra.reshape(y.shape)
+    return y
+
+
+def finish_block(
+    x: jax.Array,
+    attn: jax.Array,
+    w: Mapping[str, Any],
+    lw: Mapping[str, Any] | None,
+    *,
+    lora_scale: float,
+    eps: float,
+) -> jax.Array:
+    """The rest of a decoder block after attention: the output projection (and its LoRA),
+    the residual, then the gated feed-forward with its residual. ``attn [B, T, N, Hd]``."""
+    import jax
+
+    b, t, n, hd = attn.shape
+    o = jax.numpy.einsum("btnh,nhd->btd", attn, w["o"].astype(x.dtype))
     extra = _lora(attn.reshape(b, t, n * hd), lw, "o", lora_scale)
     if extra is not None:
         o = o + extra
     x = x + _rms_norm(o, w["post_attn_norm"], eps)
-
     h = _rms_norm(x, w["pre_ffw_norm"], eps)
     gate = _linear(h, w, lw, "gate", lora_scale)
     up = _linear(h, w, lw, "up", lora_scale)
