@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.models.config import GemmaArch
-from pipeline.models.gemma3_jax import _rms_norm, _rope, finish_block, head_projection
+from pipeline.models.gemma3_jax import _rms_norm, attention_inputs, finish_block
 
 BUCKETS = (32, 128, 512)
 """Prefill chunk lengths; a longer prompt is fed in chunks of the largest."""
@@ -83,13 +83,9 @@ def extend(
     new_cache = []
     for i, w in enumerate(params["layers"]):
         lw = layers_adapter[i] if layers_adapter is not None else None
-        hn = _rms_norm(x, w["pre_attn_norm"], eps)
-        q = _rms_norm(head_projection(hn, w, lw, "q", lora_scale), w["q_norm"], eps)
-        k = _rms_norm(head_projection(hn, w, lw, "k", lora_scale), w["k_norm"], eps)
-        v = head_projection(hn, w, lw, "v", lora_scale)
-        wavelength = arch.rope_wavelength(i)
-        q = _rope(q, positions, wavelength)
-        k = _rope(k, positions, wavelength)
+        q, k, v = attention_inputs(
+            x, w, lw, layer=i, arch=arch, lora_scale=lora_scale, positions=positions
+        )
         ck = jax.lax.dynamic_update_slice(
             cache[i]["k"], k.astype(cache[i]["k"].dtype), (0, start, 0, 0)
         )

@@ -249,18 +249,36 @@ def _block(
     impl: AttentionImpl,
 ) -> jax.Array:
     eps = arch.layer_norm_epsilon
-    h = _rms_norm(x, w["pre_attn_norm"], eps)
-    q = _rms_norm(head_projection(h, w, lw, "q", lora_scale), w["q_norm"], eps)
-    k = _rms_norm(head_projection(h, w, lw, "k", lora_scale), w["k_norm"], eps)
-    v = head_projection(h, w, lw, "v", lora_scale)
-    wavelength = arch.rope_wavelength(layer)
-    q = _rope(q, positions, wavelength)
-    k = _rope(k, positions, wavelength)
+    q, k, v = attention_inputs(
+        x, w, lw, layer=layer, arch=arch, lora_scale=lora_scale, positions=positions
+    )
     window = arch.sliding_window_size if arch.is_sliding(layer) else None
     attn = _attend(
         q, k, v, positions=positions, segment_ids=segment_ids, sliding_window=window, impl=impl
     )
     return finish_block(x, attn, w, lw, lora_scale=lora_scale, eps=eps)
+
+
+def attention_inputs(
+    x: jax.Array,
+    w: Mapping[str, Any],
+    lw: Mapping[str, Any] | None,
+    *,
+    layer: int,
+    arch: GemmaArch,
+    lora_scale: float,
+    positions: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The queries, keys and values of decoder block ``layer`` for ``x [B, T, D]``: the
+    pre-attention norm, the projections (and their LoRA), q/k norms, and RoPE at
+    ``positions [B, T]``."""
+    eps = arch.layer_norm_epsilon
+    h = _rms_norm(x, w["pre_attn_norm"], eps)
+    q = _rms_norm(head_projection(h, w, lw, "q", lora_scale), w["q_norm"], eps)
+    k = _rms_norm(head_projection(h, w, lw, "k", lora_scale), w["k_norm"], eps)
+    v = head_projection(h, w, lw, "v", lora_scale)
+    wavelength = arch.rope_wavelength(layer)
+    return _rope(q, positions, wavelength), _rope(k, positions, wavelength), v
 
 
 def head_projection(
