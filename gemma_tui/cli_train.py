@@ -77,9 +77,30 @@ def format_age(seconds: float | None) -> str:
     return "-"
 
 
+def format_devices(event: StepMetrics) -> str:
+    """Each device's use/peak of a step on several devices, ``gpu:0 3.1/4.0 GiB, gpu:1
+    3.0/3.9 GiB`` (``gpu:0 3.1 GiB`` without a peak; a device without readings is left out);
+    empty on one device, or when none reported its use."""
+    if len(event.devices) < 2:
+        return ""
+    parts = []
+    for device in event.devices:
+        if device.bytes_in_use is None:
+            continue
+        text = f"{device.bytes_in_use / GiB:.1f}"
+        if device.peak_bytes is not None:
+            text += f"/{device.peak_bytes / GiB:.1f}"
+        parts.append(f"{device.device} {text} GiB")
+    return ", ".join(parts)
+
+
 def format_memory(event: StepMetrics) -> str:
     """What a step's memory readings say, shortest first: device use and peak, the card,
-    or the host RSS on a CPU."""
+    or the host RSS on a CPU. On several devices: each one's use and peak
+    (:func:`format_devices`)."""
+    devices = format_devices(event)
+    if devices:
+        return devices
     parts = []
     if event.bytes_in_use is not None:
         text = f"{event.bytes_in_use / GiB:.1f} GiB"
@@ -217,6 +238,8 @@ class TrainPrinter:
             f"  {event.train_examples:,} train / {event.eval_examples:,} eval examples, "
             f"{event.tokens_per_step:,} tokens per step, {event.total_steps:,} steps{resumed}"
         )
+        if event.placement:
+            self.print(f"  devices: {escape(event.placement)}")
         for task in self._stages.values():
             if self._progress is not None:
                 self._progress.update(task, visible=False)
@@ -371,6 +394,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         profile = load_profile(resolve_run(args.resume) / "profile.toml")
     else:
         profile = load_profile(args.profile)
+    if args.devices is not None and not args.resume:
+        from pipeline.training.trainer import with_devices
+
+        profile = with_devices(profile, args.devices)  # saved with the run
     loaded = profile
     if args.max_steps is not None:
         profile = apply_max_steps(profile, args.max_steps)
@@ -403,6 +430,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 on_event=printer,
                 should_stop=stop,
+                devices=args.devices if args.resume else None,
             )
         except KeyboardInterrupt:
             printer.__exit__()
@@ -446,6 +474,7 @@ def _detach(args: argparse.Namespace, profile: Profile | None) -> int:
         model=args.model,
         resume=args.resume,
         max_steps=None if args.resume else args.max_steps,
+        devices=args.devices if args.resume else None,
     )
     name = run.run_dir.name
     out = Console(soft_wrap=True)
@@ -619,6 +648,13 @@ def add_commands(commands: Any) -> None:
         type=int,
         metavar="N",
         help="stop after N optimizer steps (overrides train.max_steps and train.epochs)",
+    )
+    p.add_argument(
+        "--devices",
+        metavar="N",
+        help='accelerators to train on: "auto" (every visible GPU) or a count; overrides '
+        "train.devices, also with --resume (a run started on 2 GPUs can go on on 1). Several "
+        "hosts: see docs/training.md",
     )
     p.add_argument(
         "--run-dir",

@@ -68,6 +68,7 @@ def launch_detached(
     resume: str | os.PathLike[str] | None = None,
     max_steps: int | None = None,
     workspace: Workspace | None = None,
+    devices: str | None = None,
 ) -> DetachedRun:
     """Start a training run in the background and return at once (after a ~2 s look).
 
@@ -76,7 +77,7 @@ def launch_detached(
     its values. The run folder is made here (``runs/<profile>-<date>-<time>/``) with the
     resolved ``profile.toml`` in it. A resumed run: ``resume`` is a run name or folder;
     ``data`` and ``model`` as for ``gemma-tui train --resume`` (the profile and the length
-    are the run's own).
+    are the run's own); ``devices`` overrides its ``train.devices`` (``--devices``).
 
     Raises (before anything is started):
         ProfileError: no such profile, or a bad one.
@@ -88,6 +89,8 @@ def launch_detached(
     ws = workspace or Workspace.default()
     if resume is not None:
         rdir, argv, placeholder = _prepare_resume(resume, data, model, profile, max_steps, ws)
+        if devices is not None:
+            argv += ["--devices", str(devices)]
         return _launch(rdir, argv, ws, placeholder)
     rdir, argv, placeholder = _prepare_new(profile, data, model, max_steps, ws)
     try:

@@ -66,6 +66,28 @@ class RunStarted:
     eval_examples: int
     tokens_per_step: int
     """batch_size x gradient_accumulation_steps x sequence_length."""
+    devices: tuple[str, ...] = ()
+    """The devices the run trains on, in mesh order (e.g. ("gpu:0", "gpu:1"); every
+    process's devices on several hosts)."""
+    placement: str = ""
+    """How the work is split, in words, e.g. "data parallel over 2 GPUs (4 sequences per
+    device per micro-batch)"."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    """One accelerator's memory after a step (``devices`` entries of a metrics line)."""
+
+    device: str
+    """e.g. "gpu:0", "cpu:1"."""
+    bytes_in_use: int | None = None
+    """JAX memory in use by this process on this device (None where not reported)."""
+    peak_bytes: int | None = None
+    bytes_limit: int | None = None
+    """JAX's pool on this device."""
+    gpu_used_bytes: int | None = None
+    """NVML: used on this card by all processes (None without a GPU)."""
+    gpu_total_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +112,8 @@ class StepMetrics:
     """NVML: memory used on the card by all processes (None without a GPU)."""
     gpu_total_bytes: int | None = None
     host_rss_bytes: int | None = None
+    devices: tuple[DeviceMemory, ...] = ()
+    """Every device of this process, in mesh order (the fields above are the first one's)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""What a training run is doing: status line, progress bar, loss and memory plots, log.
+"""What a training run is doing: status line, devices line, progress bar, loss and memory
+plots, log.
 
 Fed either by events from a run in this process (:meth:`RunMonitor.add_events`, batched by
 the bridge) or by the run's own files when it is written by another process
@@ -19,7 +20,7 @@ from textual.message import Message
 from textual.widgets import Label, Log, ProgressBar
 
 from gemma_tui.cli_train import format_duration
-from gemma_tui.widgets.run_plots import LossPlot, MemoryPlot, RunHistory
+from gemma_tui.widgets.run_plots import LossPlot, MemoryPlot, RunHistory, device_readings
 
 if TYPE_CHECKING:
     from textual.app import ComposeResult
@@ -60,6 +61,45 @@ def status_line(
     return " · ".join(parts)
 
 
+def _gib(value: int) -> str:
+    return f"{value / GiB:.1f}"
+
+
+def device_text(reading: Mapping[str, Any]) -> str:
+    """``gpu:0 3.1 GiB (peak 4.0) of 79.2``: one device's JAX use, its peak and the card (or
+    JAX's pool without a card size); ``gpu:0 card 20.3 of 79.2 GiB`` with NVML alone; the
+    bare name without readings."""
+    name = reading["device"]
+    in_use, peak = reading.get("bytes_in_use"), reading.get("peak_bytes")
+    total = reading.get("gpu_total_bytes") or reading.get("bytes_limit")
+    if in_use is not None:
+        text = f"{name} {_gib(in_use)} GiB"
+        if peak is not None:
+            text += f" (peak {_gib(peak)})"
+        return text + (f" of {_gib(total)}" if total else "")
+    used = reading.get("gpu_used_bytes")
+    if used is not None and total:
+        return f"{name} card {_gib(used)} of {_gib(total)} GiB"
+    return name
+
+
+def devices_line(last: Mapping[str, Any] | None) -> str:
+    """Every device of the newest train record, e.g. ``gpu:0 3.1 GiB (peak 4.0) of 79.2 ·
+    gpu:1 3.0 GiB (peak 3.9) of 79.2``; devices without readings (a CPU) are named, with the
+    host RSS. Empty when the record lists no device (no step yet, or an older run)."""
+    if last is None:
+        return ""
+    readings = device_readings(last.get("devices"))
+    if not readings:
+        return ""
+    line = " · ".join(device_text(reading) for reading in readings)
+    reported = any(r[f] is not None for r in readings for f in ("bytes_in_use", "gpu_used_bytes"))
+    rss = last.get("host_rss_bytes")
+    if not reported and isinstance(rss, int | float) and not isinstance(rss, bool):
+        line += f" · host RSS {_gib(int(rss))} GiB"
+    return line
+
+
 class RunMonitor(Vertical):
     """See the module docstring. ``state`` is a word shown in the title line."""
 
@@ -67,6 +107,7 @@ class RunMonitor(Vertical):
     RunMonitor { height: 1fr; }
     RunMonitor #monitor-title { width: 1fr; text-style: bold; color: $text-accent; }
     RunMonitor #monitor-status { width: 1fr; height: auto; max-height: 2; }
+    RunMonitor #monitor-devices { width: 1fr; height: auto; max-height: 2; color: $text-muted; }
     RunMonitor #monitor-progress { width: 1fr; height: 1; }
     RunMonitor #monitor-progress Bar { width: 1fr; }
     RunMonitor #monitor-plots { height: 1fr; min-height: 8; }
@@ -98,6 +139,9 @@ class RunMonitor(Vertical):
     def compose(self) -> ComposeResult:
         yield Label("No run yet", id="monitor-title")
         yield Label("no steps yet", id="monitor-status")
+        devices = Label("", id="monitor-devices", markup=False)
+        devices.display = False  # shown once a train record lists its devices
+        yield devices
         yield ProgressBar(total=1, show_eta=False, id="monitor-progress")
         with Horizontal(id="monitor-plots"):
             yield LossPlot()
@@ -140,6 +184,10 @@ class RunMonitor(Vertical):
         self.query_one("#monitor-status", Label).update(
             status_line(last, self.history.best_eval, running=not ended)
         )
+        devices = devices_line(last)
+        label = self.query_one("#monitor-devices", Label)
+        label.update(devices)
+        label.display = bool(devices)
         bar = self.query_one(ProgressBar)
         total = (last or {}).get("total_steps") or self.total_steps
         if total:
@@ -177,6 +225,8 @@ class RunMonitor(Vertical):
                     f"train / {event.eval_examples:,} eval examples; {event.total_steps:,} steps"
                     + (f", from step {event.start_step}" if event.start_step else "")
                 )
+                if event.placement:
+                    self.write_log(f"devices: {event.placement}")
             elif isinstance(event, CheckpointSaved):
                 self.write_log(f"checkpoint at step {event.step} ({event.seconds:.1f} s)")
             elif isinstance(event, LogLine):

@@ -5,7 +5,9 @@ disk, or one followed live with :class:`~pipeline.training.runs.MetricsTail`) or
 :class:`~pipeline.events.StepMetrics` / :class:`~pipeline.events.EvalMetrics` events (a run
 in this process). A resumed run writes again the steps after its checkpoint: a step that goes
 back drops the later points, so each step appears once. Non-finite losses are kept in the
-history (the step happened) but never drawn.
+history (the step happened) but never drawn. A run on several devices also keeps each
+device's memory per step (:attr:`RunHistory.device_series`, from a train record's
+``devices`` list).
 
 :class:`LossPlot` and :class:`MemoryPlot` are throttled: :meth:`LossPlot.show` only records
 what to draw, and a timer redraws (at most :data:`REDRAW_INTERVAL_S` apart) when a history's
@@ -61,6 +63,14 @@ MEMORY_FIELDS = (
     "gpu_total_bytes",
     "host_rss_bytes",
 )
+DEVICE_FIELDS = (
+    "bytes_in_use",
+    "peak_bytes",
+    "bytes_limit",
+    "gpu_used_bytes",
+    "gpu_total_bytes",
+)
+"""The readings of one device (a ``devices`` entry of a train record)."""
 
 
 def _float(value: Any) -> float:
@@ -81,12 +91,36 @@ def _bytes(value: Any) -> int | None:
     return int(number) if math.isfinite(number) else None
 
 
+def device_readings(value: Any) -> list[dict[str, Any]]:
+    """A train record's ``devices`` list, cleaned: one ``{"device": name, <DEVICE_FIELDS>}``
+    per named device (each reading an int or None), in the record's order, each name once.
+    Anything else (absent in older runs, damaged) gives ``[]``."""
+    if not isinstance(value, list | tuple):
+        return []
+    readings: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            continue
+        name = entry.get("device")
+        if not isinstance(name, str) or not name or name in seen:
+            continue
+        seen.add(name)
+        readings.append({"device": name} | {f: _bytes(entry.get(f)) for f in DEVICE_FIELDS})
+    return readings
+
+
 class RunHistory:
     """The metrics of one run, from metrics.jsonl records or live StepMetrics/EvalMetrics events.
 
     Series are plain lists, one entry per train step (``train_*``, ``learning_rate``,
     ``tokens_per_s`` and the memory readings, None where absent) or per eval pass
     (``eval_*``), ordered by step with each step once.
+
+    Per device (the records' ``devices`` lists): :attr:`device_names` in order of first
+    appearance, and :attr:`device_series` ``[name][field]`` for each of
+    :data:`DEVICE_FIELDS`, aligned with :attr:`train_steps` too (None at a step where the
+    device or the reading is missing).
     """
 
     def __init__(self, label: str = "") -> None:
@@ -100,6 +134,12 @@ class RunHistory:
         self.gpu_used_bytes: list[int | None] = []
         self.gpu_total_bytes: list[int | None] = []
         self.host_rss_bytes: list[int | None] = []
+        self.device_names: list[str] = []
+        """Every device some train record listed, in order of first appearance."""
+        self.device_series: dict[str, dict[str, list[int | None]]] = {}
+        """``[device][field]``: that reading per train step (None where missing)."""
+        self._device_first: dict[str, int] = {}
+        """The index in :attr:`train_steps` where each device first appeared."""
         self.eval_steps: list[int] = []
         self.eval_loss: list[float] = []
         self.last_train: dict[str, Any] | None = None
@@ -150,10 +190,27 @@ class RunHistory:
         self.tokens_per_s.append(_float(record.get("tokens_per_s")))
         for name in MEMORY_FIELDS:
             getattr(self, name).append(_bytes(record.get(name)))
+        self._add_devices(device_readings(record.get("devices")))
         if self.bytes_in_use[-1] is not None or self.gpu_total_bytes[-1] is not None:
             self.has_gpu = True
         self.last_train = dict(record)
         self.version += 1
+
+    def _add_devices(self, readings: list[dict[str, Any]]) -> None:
+        """Append one step's reading of every known device (a new device gets None for the
+        steps before it)."""
+        index = len(self.train_steps) - 1
+        for reading in readings:
+            name = reading["device"]
+            if name not in self.device_series:
+                self.device_names.append(name)
+                self._device_first[name] = index
+                self.device_series[name] = {f: [None] * index for f in DEVICE_FIELDS}
+        by_name = {reading["device"]: reading for reading in readings}
+        for name, series in self.device_series.items():
+            reading = by_name.get(name, {})
+            for field, values in series.items():
+                values.append(reading.get(field))
 
     def _add_eval(self, step: int, loss: float) -> None:
         if self.eval_steps and step <= self.eval_steps[-1]:
@@ -178,6 +235,12 @@ class RunHistory:
             *(getattr(self, name) for name in MEMORY_FIELDS),
         ):
             del series[cut:]
+        for name in [n for n in self.device_names if self._device_first[n] >= cut]:
+            self.device_names.remove(name)  # first seen in the dropped steps
+            del self.device_series[name], self._device_first[name]
+        for series in self.device_series.values():
+            for values in series.values():
+                del values[cut:]
         cut = bisect_left(self.eval_steps, step)
         del self.eval_steps[cut:], self.eval_loss[cut:]
         self.best_eval = self._best_eval()
@@ -412,12 +475,54 @@ GPU_SERIES = (
 )
 GPU_TITLE = "VRAM GiB (JAX = this process; NVML = card)"
 CPU_TITLE = "No GPU: host RSS (GiB)"
+DEVICES_TITLE = "Memory GiB per device (JAX in use, this process)"
+TOTAL_COLOUR = "gray"
+"""The card total line(s) of the per-device drawing (device lines take the run colours,
+gray excepted)."""
+_DEVICE_COLOURS = tuple(c for c in RUN_COLOURS if c != TOTAL_COLOUR)
+
+
+def device_colour(number: int) -> str:
+    """The plotext colour of the ``number``-th device (from 0) of the per-device drawing."""
+    return _DEVICE_COLOURS[number % len(_DEVICE_COLOURS)]
+
+
+def device_series(history: RunHistory) -> list[tuple[list[int | None], str, str]]:
+    """The per-device lines of :class:`MemoryPlot`, ``(values, label, colour)``: one "in use"
+    line per device, then the card totals, once each: one "card total" line when every card
+    reports the same, else one "<device> total" line per card. Empty when the run has fewer
+    than two devices or none of them reported what it uses (then the plot draws as for one
+    process)."""
+    names = history.device_names
+    if len(names) < 2:
+        return []
+    in_use = [history.device_series[name]["bytes_in_use"] for name in names]
+    if not any(v is not None for values in in_use for v in values):
+        return []
+    lines = [
+        (values, f"{name} in use", device_colour(number))
+        for number, (name, values) in enumerate(zip(names, in_use, strict=True))
+    ]
+    totals = [
+        (name, history.device_series[name]["gpu_total_bytes"])
+        for name in names
+        if any(v is not None for v in history.device_series[name]["gpu_total_bytes"])
+    ]
+    if len({v for _, values in totals for v in values if v is not None}) == 1:
+        # every card the same size: one line, at each step from any card that reported it
+        columns = zip(*(values for _, values in totals), strict=True)
+        merged = [next((v for v in column if v is not None), None) for column in columns]
+        lines.append((merged, "card total", TOTAL_COLOUR))
+    else:
+        lines += [(values, f"{name} total", TOTAL_COLOUR) for name, values in totals]
+    return lines
 
 
 class MemoryPlot(_ThrottledPlot):
     """Memory per step in GiB. On a GPU: JAX's own use and peak (this process) beside NVML's
     view of the whole card (JAX preallocates most of the card, so NVML alone misleads);
-    without a GPU: the host RSS."""
+    without a GPU: the host RSS. A run on several devices that report their use: one "in
+    use" line per device and the card totals (:func:`device_series`)."""
 
     history: RunHistory | None = None
 
@@ -436,7 +541,10 @@ class MemoryPlot(_ThrottledPlot):
         if history is None or not history.train_steps:
             plt.title("Memory: no steps yet")
             return
-        if history.has_gpu:
+        series = device_series(history)
+        if series:
+            title = DEVICES_TITLE
+        elif history.has_gpu:
             series = [(getattr(history, f), label, colour) for f, label, colour in GPU_SERIES]
             title = GPU_TITLE
         else:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 AttentionImpl = Literal["xla", "cudnn"]
 
-_LAYER_VARS = {
+KERAS_LAYER_PATHS = {  # our name -> the keras-hub variable path in a block
     "pre_attn_norm": "pre_attention_norm/scale",
     "post_attn_norm": "post_attention_norm/scale",
     "pre_ffw_norm": "pre_ffw_norm/scale",
@@ -68,7 +68,7 @@ def params_from_backbone(backbone: Any) -> dict[str, Any]:
         return by_path[path].value
 
     layers = [
-        {key: get(f"decoder_block_{i}/{path}") for key, path in _LAYER_VARS.items()}
+        {key: get(f"decoder_block_{i}/{path}") for key, path in KERAS_LAYER_PATHS.items()}
         for i in range(arch_layers)
     ]
     return {

@@ -80,6 +80,8 @@ class Rule:
 
     check: Callable[[Any], str | None]
     allowed: str
+    whole_numbers: bool = False
+    """A string field that also takes a whole number (kept as its text: ``devices = 2``)."""
 
 
 # --------------------------------------------------------------------------- stock rules
@@ -241,6 +243,9 @@ def _check_value(spec: _Spec, key: str, value: Any) -> tuple[Any, list[Problem]]
             return bad(reason)
         return value, []
     if kind == "str":
+        whole = spec.rule is not None and spec.rule.whole_numbers
+        if whole and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str):
             return bad(f"expected a string, got {_type_name(value)}")
         if value in spec.refuse:

@@ -31,6 +31,7 @@ from pipeline.profiles.problems import (
     _not_one_of,
     format_value,
 )
+from pipeline.training.distribute import check_devices_setting
 
 LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
 """A LoRA target: attention query, key, value and output projections, and the MLP's gate, up
@@ -173,6 +174,20 @@ class TrainConfig:
     """Sequence positions per chunk of the fused cross-entropy, which never holds the full
     batch x sequence x 262144 logits. 0 computes full logits (about 4 GiB per float32 copy at
     batch 4 x 1024)."""
+
+    devices: Annotated[
+        str,
+        Rule(check_devices_setting, '"auto" or a device count (1, 2, ...)', whole_numbers=True),
+    ] = "auto"
+    """Accelerators to train on: "auto" uses every visible device (all GPUs of the machine,
+    and of every host of a multi-host run); a count uses the first N. batch_size is the global
+    micro-batch, split evenly across the data-parallel devices, so the same profile gives the
+    same losses on any number of devices."""
+
+    model_parallel: Annotated[int, Range(1, 64)] = 1
+    """Devices each frozen weight is split across (keras ModelParallel), for a model too big
+    for one device. 1 = every device holds the whole model (data parallel, the fastest).
+    train.devices must be a multiple of it."""
 
     def __post_init__(self) -> None:
         _validate_instance(self)
@@ -344,6 +359,24 @@ def _combination_problems(
                 f"larger than train.sequence_length = {seq}",
                 f"0 (full logits) to {seq}",
             )
+        devices, mp, batch = _get(v, "devices"), _get(v, "model_parallel"), _get(v, "batch_size")
+        if _known(devices, mp, batch) and devices != "auto":
+            count = int(devices)
+            if count % mp:
+                add(
+                    "train.devices",
+                    devices,
+                    f"not a multiple of train.model_parallel = {mp} (each model-parallel group "
+                    f"takes {mp} devices)",
+                )
+            elif batch % (count // mp):
+                add(
+                    "train.batch_size",
+                    batch,
+                    f"does not split across {count // mp} data-parallel devices "
+                    f"(train.devices = {devices})",
+                    f"a multiple of {count // mp}",
+                )
     elif cls is DataConfig:
         path, fraction = _get(v, "eval_path"), _get(v, "eval_fraction")
         if _known(path, fraction) and path is not None and fraction is not None:

@@ -37,32 +37,45 @@ def _make_fused() -> Any:
         return _forward(h, embed, targets, weights, chunk_tokens)[0]
 
     def _forward(h: Any, embed: Any, targets: Any, weights: Any, chunk_tokens: int) -> Any:
-        n, d = h.shape
-        count, padded = _chunks(n, chunk_tokens)
+        flat = h.ndim == 2
+        if flat:  # [N, D]: one row of N positions
+            h, targets, weights = h[None], targets[None], weights[None]
+        b, n, d = h.shape
+        # Chunks run along the sequence, each over every row: a batch split across devices
+        # (data parallel) splits every chunk the same way, so no device waits on another.
+        count, padded = _chunks(n, max(1, chunk_tokens // b))
         size = padded // count
         pad = padded - n
-        hp = jnp.pad(h, ((0, pad), (0, 0))).reshape(count, size, d)
-        tp = jnp.pad(targets, (0, pad)).reshape(count, size)
-        wp = jnp.pad(weights.astype(jnp.float32), (0, pad)).reshape(count, size)
+
+        def split(x: Any) -> Any:  # [B, N, ...] -> [count, B, size, ...]
+            x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+            x = x.reshape(b, count, size, *x.shape[2:])
+            return jnp.moveaxis(x, 1, 0)
+
+        hp, tp, wp = split(h), split(targets), split(weights.astype(jnp.float32))
         e = embed.astype(h.dtype)
 
         def one(args: Any) -> Any:
-            hc, tc, wc = args
+            hc, tc, wc = args  # [B, size, D], [B, size], [B, size]
             # Logits in the compute dtype (bf16 on a GPU: half the bytes of float32, the
             # same accumulation), the softmax statistics in float32.
-            lg = jnp.einsum("nd,vd->nv", hc, e, preferred_element_type=jnp.float32)
+            lg = jnp.einsum("bnd,vd->bnv", hc, e, preferred_element_type=jnp.float32)
             lg = lg.astype(h.dtype).astype(jnp.float32)
             lse = jax.nn.logsumexp(lg, axis=-1)
-            picked = jnp.take_along_axis(lg, tc[:, None], axis=-1)[:, 0]
+            picked = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0]
             loss = jnp.sum(wc * (lse - picked))
-            dlg = (jnp.exp(lg - lse[:, None]) * wc[:, None]).astype(h.dtype)
-            dlg = dlg.at[jnp.arange(size), tc].add(-wc.astype(h.dtype))
-            dh = jnp.einsum("nv,vd->nd", dlg, e, preferred_element_type=jnp.float32)
+            # (softmax - onehot) * w in one elementwise pass (no scatter: it partitions
+            # across devices like the rest).
+            hit = jax.lax.broadcasted_iota(jnp.int32, lg.shape, 2) == tc[..., None]
+            dlg = (jnp.exp(lg - lse[..., None]) - hit) * wc[..., None]
+            dh = jnp.einsum(
+                "bnv,vd->bnd", dlg.astype(h.dtype), e, preferred_element_type=jnp.float32
+            )
             return loss, dh.astype(h.dtype)
 
         losses, dh = jax.lax.map(one, (hp, tp, wp))
-        dh = dh.reshape(padded, d)[:n]
-        return jnp.sum(losses), dh
+        dh = jnp.moveaxis(dh, 0, 1).reshape(b, padded, d)[:, :n]
+        return jnp.sum(losses), (dh[0] if flat else dh)
 
     def fwd(h: Any, embed: Any, targets: Any, weights: Any, chunk_tokens: int) -> Any:
         loss, dh = _forward(h, embed, targets, weights, chunk_tokens)
@@ -88,8 +101,10 @@ _FUSED: Any = None
 def chunked_ce_sum(
     h: jax.Array, embed: jax.Array, targets: jax.Array, weights: jax.Array, chunk_tokens: int
 ) -> jax.Array:
-    """Sum over tokens of ``weights * CE(h @ embed.T, targets)``; ``h [N, D]``,
-    ``embed [V, D]``, ``targets [N]`` int, ``weights [N]``. Differentiable in ``h`` only."""
+    """Sum over tokens of ``weights * CE(h @ embed.T, targets)``; ``h [B, S, D]`` (or
+    ``[N, D]``), ``embed [V, D]``, ``targets [B, S]`` int, ``weights [B, S]``; chunks of
+    ``chunk_tokens`` tokens (``chunk_tokens // B`` positions of every row). Differentiable in
+    ``h`` only."""
     global _FUSED
     if _FUSED is None:
         _FUSED = _make_fused()
@@ -101,7 +116,7 @@ def full_ce_sum(h: jax.Array, embed: jax.Array, targets: jax.Array, weights: jax
     import jax
     import jax.numpy as jnp
 
-    lg = jnp.einsum("nd,vd->nv", h, embed.astype(h.dtype), preferred_element_type=jnp.float32)
+    lg = jnp.einsum("...d,vd->...v", h, embed.astype(h.dtype), preferred_element_type=jnp.float32)
     lse = jax.nn.logsumexp(lg, axis=-1)
-    picked = jnp.take_along_axis(lg, targets[:, None], axis=-1)[:, 0]
+    picked = jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(weights.astype(jnp.float32) * (lse - picked))

@@ -22,6 +22,7 @@ from pipeline.training import optimizer
 if TYPE_CHECKING:
     from pipeline.models.lora import AdapterMeta
     from pipeline.profiles.schema import TrainConfig
+    from pipeline.training.distribute import Placement
 
 BATCH_KEYS = ("token_ids", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -56,14 +57,12 @@ def _loss_sum(
         remat=remat,
         dtype=dtype,
     )
-    d = h.shape[-1]
-    flat = h.reshape(-1, d)
-    targets = batch["targets"].reshape(-1)
-    weights = batch["loss_mask"].reshape(-1).astype(jnp.float32)
+    targets = batch["targets"]
+    weights = batch["loss_mask"].astype(jnp.float32)
     if chunk_tokens > 0:
-        total = chunked_ce_sum(flat, frozen["embed"], targets, weights, chunk_tokens)
+        total = chunked_ce_sum(h, frozen["embed"], targets, weights, chunk_tokens)
     else:
-        total = full_ce_sum(flat, frozen["embed"], targets, weights)
+        total = full_ce_sum(h, frozen["embed"], targets, weights)
     return total, jnp.sum(weights)
 
 
@@ -98,10 +97,15 @@ def build_train_step(
     compute_dtype: str | None = None,
     impl: str | None = None,
     remat: bool | str | None = None,
+    placement: Placement | None = None,
 ) -> TrainStep:
     """Compile-ready step functions for ``arch`` with the adapter ``meta`` and profile
     ``train`` (batch shapes come from the first call). ``remat`` overrides
-    ``train.remat`` (see :func:`pipeline.models.gemma3_jax.hidden_states`)."""
+    ``train.remat`` (see :func:`pipeline.models.gemma3_jax.hidden_states`).
+
+    With a ``placement`` (:mod:`pipeline.training.distribute`) the inputs carry its shardings
+    and every output (the new LoRA weights, optimizer state and metrics) is replicated; the
+    step itself is the same program, partitioned by XLA."""
     import jax
     import jax.numpy as jnp
 
@@ -167,9 +171,10 @@ def build_train_step(
     def eval_step(adapter: Any, frozen: Any, batch: dict[str, Any]) -> Any:
         return loss_sum(adapter, frozen, batch)
 
+    out = {} if placement is None else {"out_shardings": placement.replicated}
     return TrainStep(
-        run=jax.jit(run, donate_argnums=(0, 1)),
-        eval=jax.jit(eval_step),
+        run=jax.jit(run, donate_argnums=(0, 1), **out),
+        eval=jax.jit(eval_step, **out),
         schedule=schedule,
         packed=train.packing,
         impl=impl,

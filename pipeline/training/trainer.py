@@ -98,7 +98,9 @@ def _is_oom(exc: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
 
 
-def _oom_error(profile: Profile, arch: Any, exc: BaseException) -> OutOfMemoryError:
+def _oom_error(
+    profile: Profile, arch: Any, exc: BaseException, replicas: int = 1
+) -> OutOfMemoryError:
     hint = (
         "Lower train.batch_size (and raise train.gradient_accumulation_steps to keep the "
         "effective batch), set train.remat = true, shorten train.sequence_length, or lower "
@@ -110,7 +112,11 @@ def _oom_error(profile: Profile, arch: Any, exc: BaseException) -> OutOfMemoryEr
 
         card = nvml_memory()
         limit = card[1] if card else jax_memory().get("bytes_limit")
-        est = estimate_memory(arch, profile.lora, profile.train, weight_dtype=profile.model.dtype)
+        # each data-parallel replica holds its share of the batch's activations
+        share = dataclasses.replace(
+            profile.train, batch_size=max(1, profile.train.batch_size // replicas)
+        )
+        est = estimate_memory(arch, profile.lora, share, weight_dtype=profile.model.dtype)
         if limit:
             advice = est.advice(limit)
             if advice:
@@ -119,8 +125,9 @@ def _oom_error(profile: Profile, arch: Any, exc: BaseException) -> OutOfMemoryEr
         pass
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     t = profile.train
+    split = f" ({t.batch_size // replicas} per device)" if replicas > 1 else ""
     return OutOfMemoryError(
-        f"out of accelerator memory at batch_size {t.batch_size} x sequence_length "
+        f"out of accelerator memory at batch_size {t.batch_size}{split} x sequence_length "
         f"{t.sequence_length} (profile {profile.name}): {first}",
         hint=hint,
     )
@@ -236,24 +243,31 @@ def train(
     workspace: Workspace | None = None,
     on_event: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
+    devices: str | int | None = None,
 ) -> RunResult:
     """Fine-tune ``profile``'s base model with LoRA on ``data`` (or ``profile.data.train_path``).
 
     ``resume``: a run directory (or a run name under the workspace's runs folder) to continue
     from its latest checkpoint, with the profile saved in it. ``model`` overrides
-    ``profile.model.source``. Returns a :class:`RunResult`; raises :class:`PipelineError` for
-    problems found before the run starts (bad data, no model, ...)."""
+    ``profile.model.source``. ``devices`` overrides ``train.devices`` ("auto" or a count),
+    also when resuming: it changes where the work runs, not the result, so a run started on 2
+    GPUs can go on on 1 and the other way round. Returns a :class:`RunResult`; raises
+    :class:`PipelineError` for problems found before the run starts (bad data, no model, ...)."""
     from pipeline.training import runs
+    from pipeline.training.distribute import initialize_multihost
     from pipeline.utils.gpu import configure_jax_memory
 
     configure_jax_memory()
+    processes = initialize_multihost()
     ws = workspace or Workspace.default()
     ckpt = None
     if resume is not None:
-        rdir = runs.resolve_run(resume, ws)
+        rdir = _process_run_dir(runs.resolve_run(resume, ws), processes)
         if runs.is_locked(rdir):  # say so before anything else (it may have no checkpoint yet)
             runs.RunLock(rdir).acquire().release()  # raises, naming the owner
         profile, ckpt = _load_resume_point(rdir, on_event)
+        if devices is not None:  # where it runs, not what it computes
+            profile = with_devices(profile, devices)
         record = runs.read_run_record(rdir)
         data = data or record.data
         if model is not None and model != profile.model.source:
@@ -265,10 +279,35 @@ def train(
     else:
         profile = new_run_profile(profile, data=data, model=model)
         data = str(profile.data.train_path)
+        if devices is not None:  # before the run saves its profile
+            profile = with_devices(profile, devices)
         rdir = Path(run_dir) if run_dir is not None else runs.new_run_dir(ws, profile.name)
+        rdir = _process_run_dir(rdir, processes)
     rdir.mkdir(parents=True, exist_ok=True)
     with runs.RunLock(rdir):
         return _train_locked(profile, rdir, ckpt, str(data), ws, on_event, should_stop)
+
+
+def with_devices(profile: Profile, devices: str | int) -> Profile:
+    """``profile`` with ``train.devices`` set (checked like the profile field).
+
+    Raises:
+        ProfileValidationError: not "auto" or a count, or the batch does not split.
+    """
+    train = dataclasses.replace(profile.train, devices=str(devices))
+    return dataclasses.replace(profile, train=train)
+
+
+def _process_run_dir(rdir: Path, processes: int) -> Path:
+    """The run folder of this process: ``rdir`` for process 0 (and a one-process run),
+    ``rdir-p<i>`` for process i of a multi-host run (each keeps its own copy of the run:
+    the same checkpoints, its own devices' memory)."""
+    if processes <= 1:
+        return rdir
+    import jax
+
+    index = jax.process_index()
+    return rdir if index == 0 else rdir.with_name(f"{rdir.name}-p{index}")
 
 
 def new_run_profile(
@@ -469,8 +508,9 @@ def _run(
     from pipeline.training.batches import BatchStream, eval_batches
     from pipeline.training.checkpoint import flatten_arrays, save_checkpoint
     from pipeline.training.data import prepare_data
+    from pipeline.training.distribute import device_memory, device_name, plan_placement
     from pipeline.training.step import build_train_step, stack_micro_batches
-    from pipeline.utils.gpu import read_memory
+    from pipeline.utils.gpu import host_rss_bytes
 
     t = profile.train
     if (
@@ -479,13 +519,23 @@ def _run(
         and profile.model.dtype == "float32"
     ):
         logger.log("float32 on a GPU is slow and uses twice the memory; bfloat16 is the default")
-    loaded = load_model(
-        profile.model.source,
-        dtype=profile.model.dtype,
-        workspace=ws,
-        on_event=logger,
-        should_stop=should_stop,
-    )
+    placement = plan_placement(t)
+    placement_text = placement.describe(t.batch_size)
+    logger.log(f"Devices: {placement_text}")
+    if placement.left_idle:
+        logger.log(
+            f"{len(placement.left_idle)} visible device(s) left idle: train.batch_size "
+            f"{t.batch_size} does not split evenly across all {len(jax.devices())}",
+            "warning",
+        )
+    with placement.scope():  # keras-hub creates every weight with its layout
+        loaded = load_model(
+            profile.model.source,
+            dtype=profile.model.dtype,
+            workspace=ws,
+            on_event=logger,
+            should_stop=should_stop,
+        )
     arch = loaded.arch
     logger.log(f"Model: {loaded.description}")
     prepared = prepare_data(
@@ -523,12 +573,15 @@ def _run(
     state["record"] = dataclasses.replace(state["record"], total_steps=total, step=start)
     runs.write_run_record(rdir, state["record"])
 
-    frozen = params_from_backbone(loaded.backbone)
-    adapter = jax.tree.map(jax.numpy.asarray, adapter_np)
+    frozen = placement.put_frozen(params_from_backbone(loaded.backbone))
+    adapter = placement.put_replicated(adapter_np)
     opt_state = optimizer.init_state(adapter)
     if ckpt is not None:
-        opt_state = jax.tree.map(jax.numpy.asarray, unflatten_like(opt_state, ckpt.opt_state))
-    step_fn = build_train_step(arch, meta, t, total_steps=total, compute_dtype=t.precision)
+        opt_state = unflatten_like(opt_state, ckpt.opt_state)
+    opt_state = placement.put_replicated(opt_state)
+    step_fn = build_train_step(
+        arch, meta, t, total_steps=total, compute_dtype=t.precision, placement=placement
+    )
     tokens_per_step = t.effective_batch_size * t.sequence_length
     logger(
         RunStarted(
@@ -539,6 +592,8 @@ def _run(
             train_examples=len(prepared.train),
             eval_examples=len(prepared.eval),
             tokens_per_step=tokens_per_step,
+            devices=tuple(device_name(d) for d in placement.devices),
+            placement=placement_text,
         )
     )
     metrics_path = rdir / runs.METRICS_JSONL
@@ -551,8 +606,8 @@ def _run(
         """Write a checkpoint of the current (host-copied) adapter and optimizer state."""
         nonlocal saved_step
         started = time.perf_counter()
-        host_adapter = jax.device_get(adapter)
-        host_opt = flatten_arrays(jax.device_get(opt_state))
+        host_adapter = placement.to_host(adapter)
+        host_opt = flatten_arrays(placement.to_host(opt_state))
         extra = {
             "step": step,
             "total_steps": total,
@@ -579,7 +634,9 @@ def _run(
         started = time.perf_counter()
         loss_sum, count = 0.0, 0.0
         for batch in eval_batches(prepared.eval, t.batch_size, t.sequence_length, t.packing):
-            value, n = step_fn.eval(adapter, frozen, batch)
+            value, n = placement.to_host(
+                step_fn.eval(adapter, frozen, placement.put_batch(batch, row_axis=0))
+            )
             loss_sum += float(value)
             count += float(n)
         loss = loss_sum / max(count, 1.0)
@@ -605,7 +662,7 @@ def _run(
         done_step, dev_metrics, _ = pending
         if done_step <= written:
             return  # read already (a Ctrl+C came after its row was written)
-        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        m = {k: float(v) for k, v in placement.to_host(dev_metrics).items()}
         now = time.perf_counter()
         seconds = max(now - last_read, 1e-9)
         last_read = now
@@ -618,7 +675,9 @@ def _run(
                 "bfloat16 rather than float16.",
             )
         last_loss = m["loss"]
-        mem = read_memory()
+        devices = device_memory(placement.local_devices)
+        first = devices[0]
+        rss = host_rss_bytes()
         elapsed = now - run_started
         steps_done = done_step - start
         eta = elapsed / steps_done * (total - done_step) if steps_done > 0 else None
@@ -633,11 +692,12 @@ def _run(
             "tokens": int(m["tokens"]),
             "step_s": seconds,
             "time": time.time(),
-            "bytes_in_use": mem.bytes_in_use,
-            "peak_bytes": mem.peak_bytes,
-            "gpu_used_bytes": mem.gpu_used_bytes,
-            "gpu_total_bytes": mem.gpu_total_bytes,
-            "host_rss_bytes": mem.host_rss_bytes,
+            "bytes_in_use": first.bytes_in_use,
+            "peak_bytes": first.peak_bytes,
+            "gpu_used_bytes": first.gpu_used_bytes,
+            "gpu_total_bytes": first.gpu_total_bytes,
+            "host_rss_bytes": rss,
+            "devices": [dataclasses.asdict(d) for d in devices],
         }
         metrics_out.write(row)
         written = done_step
@@ -646,9 +706,9 @@ def _run(
                 step=done_step, total_steps=total, loss=m["loss"], learning_rate=m["lr"],
                 grad_norm=m["grad_norm"], tokens_per_s=m["tokens"] / seconds,
                 trained_tokens=int(m["trained_tokens"]), elapsed_s=elapsed, eta_s=eta,
-                bytes_in_use=mem.bytes_in_use, peak_bytes=mem.peak_bytes,
-                gpu_used_bytes=mem.gpu_used_bytes, gpu_total_bytes=mem.gpu_total_bytes,
-                host_rss_bytes=mem.host_rss_bytes,
+                bytes_in_use=first.bytes_in_use, peak_bytes=first.peak_bytes,
+                gpu_used_bytes=first.gpu_used_bytes, gpu_total_bytes=first.gpu_total_bytes,
+                host_rss_bytes=rss, devices=devices,
             )
         )  # fmt: skip
 
@@ -671,14 +731,16 @@ def _run(
                 status, message = "stopped", should_stop.message(f"at step {step}")
                 logger.log(message)
                 break
-            batch = stack_micro_batches(
-                [stream.next_batch() for _ in range(t.gradient_accumulation_steps)]
+            batch = placement.put_batch(
+                stack_micro_batches(
+                    [stream.next_batch() for _ in range(t.gradient_accumulation_steps)]
+                )
             )
             try:
                 adapter, opt_state, dev_metrics = step_fn.run(adapter, opt_state, frozen, batch)
             except Exception as exc:
                 if _is_oom(exc):
-                    raise _oom_error(profile, arch, exc) from exc
+                    raise _oom_error(profile, arch, exc, placement.data_parallel) from exc
                 raise
             unread.append((step + 1, dev_metrics, time.perf_counter()))
             step += 1
@@ -707,7 +769,7 @@ def _run(
     except Exception as exc:
         # An OOM of a temporary buffer shows only when the step's result is read.
         if _is_oom(exc):
-            raise _oom_error(profile, arch, exc) from exc
+            raise _oom_error(profile, arch, exc, placement.data_parallel) from exc
         raise
     if status == "finished":
         evaluate(step)

@@ -76,6 +76,22 @@ def nvml_memory(index: int = 0) -> tuple[int, int] | None:
         return None
 
 
+def nvml_index(device: Any) -> int | None:
+    """NVML's index of a local JAX GPU device: CUDA numbers the visible cards from 0, NVML
+    numbers every card, so a ``CUDA_VISIBLE_DEVICES`` list of numbers maps one to the other
+    (None for a list of UUIDs: the card is then not matched)."""
+    local = getattr(device, "local_hardware_id", None)
+    if local is None:
+        local = getattr(device, "id", 0)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return int(local)
+    items = [v.strip() for v in visible.split(",") if v.strip()]
+    if not all(v.isdigit() for v in items) or local >= len(items):
+        return None
+    return int(items[local])
+
+
 def read_memory(device: Any = None, *, with_nvml: bool = True) -> MemoryReading:
     stats = jax_memory(device)
     card = nvml_memory() if with_nvml else None

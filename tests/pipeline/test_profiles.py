@@ -50,7 +50,7 @@ TRAIN_KEYS = (
     "batch_size, gradient_accumulation_steps, sequence_length, learning_rate, schedule, "
     "warmup_steps, warmup_ratio, max_steps, epochs, weight_decay, max_grad_norm, eval_every, "
     "checkpoint_every, seed, precision, packing, train_on_prompt, remat, remat_policy, "
-    "loss_chunk_size"
+    "loss_chunk_size, devices, model_parallel"
 )
 FLOAT16 = (
     "Gemma 3 activations overflow float16 (they exceed its largest value, 65504) and the loss "
