@@ -13,6 +13,11 @@ sequence 1024, with LoRA rank 8 and alpha 16 on q and v, in bf16:
   d           our step with the rtx3060-12gb profile's train settings (batch, sequence,
               accumulation, packing, loss chunk), with JAX capped at 12 GiB
               (XLA_PYTHON_CLIENT_MEM_FRACTION from the card's total): whether it fits, and the peak
+  gN          our step with the trainer's placement (pipeline.training.distribute: keras
+              DataParallel) over N GPUs, the global batch --batch x --seq split across them
+              (g1, g2, ...): one GPU's throughput against N's. Any gN case also writes
+              bench/results/multi_gpu.md (tokens/s, scaling, per-device peak) instead of
+              rewriting train_throughput.md
   e_packed    our step on alpaca's real length distribution (a save_examples file in bench/data),
               with packing on, giving trained tokens/s
   e_unpacked  the same with packing off; the md reports the ratio packed / unpacked
@@ -78,6 +83,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULTS_MD = REPO / "bench" / "results" / "train_throughput.md"
+MULTI_MD = REPO / "bench" / "results" / "multi_gpu.md"
 # Tokenized alpaca examples (pipeline.training.batches.save_examples); the first that exists.
 ALPACA_FILES = (
     REPO / "bench" / "data" / "alpaca_tokens.npz",
@@ -163,8 +169,8 @@ def flops_per_token(arch: dict[str, Any], seq: int) -> float:
 # just below (pipeline/training/step.py, batches.py, optimizer.py, models/gemma3_jax.py,
 # models/lora.py); fix them there when that API changes.
 # ---------------------------------------------------------------------------------------------
-def ours_setup(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
-    """Build our step and its initial state: ``(run, state, info)`` with
+def ours_setup(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], Any]:
+    """Build our step and its initial state: ``(run, state, info, placement)`` with
     ``run(state, batch) -> (state, metrics)``. The state (adapter, optimizer state) is donated
     by the jitted step; the frozen weights are an argument, not a closure constant."""
     import jax
@@ -199,6 +205,17 @@ def ours_setup(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     frozen = random_params(arch, spec["dtype"], spec["seed"])
     adapter = jax.tree.map(jnp.asarray, init_adapter(meta, spec["seed"]))
     state = (adapter, optimizer.init_state(adapter))
+    placement = None
+    if "devices" in spec:  # the trainer's own placement (gN cases)
+        from pipeline.training.distribute import plan_placement
+
+        placement = plan_placement(train_cfg)
+        frozen = placement.put_frozen(frozen)
+        state = placement.put_replicated(state)
+        step = build_train_step(
+            arch, meta, train_cfg, total_steps=total, compute_dtype=train_cfg.precision,
+            impl=spec.get("impl"), remat=spec.get("remat_policy"), placement=placement,
+        )  # fmt: skip
 
     def run(state: Any, batch: Any) -> tuple[Any, Any]:
         adapter, opt_state, metrics = step.run(state[0], state[1], frozen, batch)
@@ -211,17 +228,22 @@ def ours_setup(spec: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
         "attention_impl": step.impl,
         "packed_attention": step.packed,
     }
+    if placement is not None:
+        info["placement"] = placement.describe(train_cfg.batch_size)
+        info["n_devices"] = placement.size
     jax.block_until_ready((frozen, state))
-    return run, state, info
+    return run, state, info, placement
 
 
-def ours_device_batch(micro_batches: list[dict[str, Any]]) -> Any:
-    """One optimizer step's batch on the device: ``[A, B, S]`` arrays (A micro-batches)."""
+def ours_device_batch(micro_batches: list[dict[str, Any]], placement: Any = None) -> Any:
+    """One optimizer step's batch on the device: ``[A, B, S]`` arrays (A micro-batches), its
+    rows split across the placement's devices when there is one."""
     import jax
 
     from pipeline.training.step import stack_micro_batches
 
-    return jax.device_put(stack_micro_batches(micro_batches))
+    batch = stack_micro_batches(micro_batches)
+    return jax.device_put(batch) if placement is None else placement.put_batch(batch)
 
 
 def ours_load_examples(path: str, seq: int) -> Any:
@@ -394,9 +416,9 @@ def _jax_info(jax: Any, spec: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def _jax_memory(jax: Any) -> dict[str, Any]:
+def _jax_memory(jax: Any, device: Any = None) -> dict[str, Any]:
     try:
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = (device or jax.devices()[0]).memory_stats() or {}
     except Exception:
         stats = {}
     out: dict[str, Any] = {}
@@ -425,7 +447,7 @@ def worker_ours(spec: dict[str, Any], rec: Record) -> None:
     batch, seq = spec["batch"], spec["seq"]
     accum = int(spec["train"].get("gradient_accumulation_steps", 1))
     t0 = time.perf_counter()
-    run, state, info = ours_setup(spec)
+    run, state, info, placement = ours_setup(spec)
     jax.block_until_ready(state)
     rec.phase("built", build_s=time.perf_counter() - t0, **info)
 
@@ -454,7 +476,7 @@ def worker_ours(spec: dict[str, Any], rec: Record) -> None:
         host = _random_rows(spec["seed"], spec["arch"]["vocabulary_size"], batch, seq, 4 * accum)
     # One optimizer step = ``accum`` micro-batches of [B, S].
     groups = [host[i : i + accum] for i in range(0, len(host) - accum + 1, accum)]
-    batches = [ours_device_batch(g) for g in groups]
+    batches = [ours_device_batch(g, placement) for g in groups]
     holder = {"state": state}
     del state
 
@@ -486,6 +508,10 @@ def worker_ours(spec: dict[str, Any], rec: Record) -> None:
             trained_fraction=trained / (len(used) * batch * seq),
         )
     res.update(_jax_memory(jax))
+    if placement is not None:
+        res["per_device"] = [
+            {"device": str(d), **_jax_memory(jax, d)} for d in placement.local_devices
+        ]
     rec.phase("timed", **res)
 
 
@@ -726,6 +752,7 @@ def machine_info() -> dict[str, Any]:
     gpu = _sh(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"])
     if gpu:
         info["gpus"] = gpu.splitlines()
+        info["gpu_count"] = len(info["gpus"])
         total = _sh(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"])
         with contextlib.suppress(ValueError, IndexError):
             info["gpu_total_mib"] = float(total.splitlines()[0])
@@ -884,6 +911,18 @@ def make_spec(case: str, args: argparse.Namespace, machine: dict[str, Any]) -> d
             spec["remat_policy"] = True
         if "xla" in mods:
             spec["impl"] = "xla"
+    elif re.fullmatch(r"g\d+", case):
+        n = int(case[1:])
+        if n < 1:
+            raise LookupError("g0: at least one device")
+        gpus = machine.get("gpu_count")
+        if not tiny and gpus is not None and n > gpus:
+            raise LookupError(f"{n} GPUs asked for, {gpus} on this machine")
+        if batch % n:
+            raise LookupError(f"batch {batch} does not split across {n} devices")
+        spec.update(
+            kind="ours", devices=n, train=_train_dict(batch, seq, devices=str(n), **tiny_chunk)
+        )
     elif case == "b":
         spec.update(kind="keras_fit")
     elif case in ("c_eager", "c_compile"):
@@ -970,6 +1009,8 @@ def worker_env(spec: dict[str, Any]) -> dict[str, str]:
     if spec["tiny"]:
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
+        if spec.get("devices", 1) > 1:  # CPU devices to split across
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
     return env
 
 
@@ -997,7 +1038,7 @@ def expand_cases(text: str) -> list[str]:
             continue
         names = ALIASES.get(name, (name,))
         for n in names:
-            if n not in ALL_CASES and not n.startswith("a_"):
+            if n not in ALL_CASES and not n.startswith("a_") and not re.fullmatch(r"g\d+", n):
                 raise SystemExit(f"unknown case {n!r}; choose from {', '.join(ALL_CASES)}, c, e")
             if n not in out:
                 out.append(n)
@@ -1015,6 +1056,10 @@ def parse_budgets(text: str) -> dict[str, float]:
     return budgets
 
 
+def _multi(summary: dict[str, Any]) -> bool:
+    return any(re.fullmatch(r"g\d+", c) for c in summary["cases_requested"])
+
+
 def write_outputs(summary: dict[str, Any], out: Path, md_paths: list[Path]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "train_throughput.json.tmp"
@@ -1024,6 +1069,11 @@ def write_outputs(summary: dict[str, Any], out: Path, md_paths: list[Path]) -> N
     for path in md_paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    if _multi(summary):
+        multi = render_multi_md(summary)
+        (out / "multi_gpu.md").write_text(multi)
+        if not summary["tiny"]:
+            MULTI_MD.write_text(multi)
 
 
 def orchestrate(args: argparse.Namespace) -> int:
@@ -1039,8 +1089,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     md_paths = [out / "train_throughput.md"]
     if args.md:
         md_paths.append(Path(args.md))
-    elif not args.tiny:
-        md_paths.append(RESULTS_MD)
+    elif not args.tiny and not any(re.fullmatch(r"g\d+", c) for c in cases):
+        md_paths.append(RESULTS_MD)  # a multi-GPU run writes multi_gpu.md instead
     workdir = Path(tempfile.mkdtemp(prefix="train_throughput_"))
     machine = machine_info()
     summary: dict[str, Any] = {
@@ -1138,6 +1188,73 @@ def _config(rec: dict[str, Any]) -> str:
     if train.get("remat"):
         text += ", remat"
     return text
+
+
+def render_multi_md(summary: dict[str, Any]) -> str:
+    """bench/results/multi_gpu.md: the gN cases (one global batch over 1, 2, ... GPUs), the
+    scaling against g1 and the per-device peak; case a (plain step, one GPU) beside them."""
+    machine = summary.get("machine", {})
+    recs = {r["case"]: r for r in summary.get("cases", [])}
+    gpus = "; ".join(machine.get("gpus", [])) or "no GPU (CPU only)"
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
+    g_cases = sorted((c for c in recs if re.fullmatch(r"g\d+", c)), key=lambda c: int(c[1:]))
+    first = recs.get(g_cases[0]) if g_cases else None
+    shape = ""
+    if first and first.get("spec"):
+        shape = f"{first['spec'].get('batch')} x {first['spec'].get('seq')}"
+    lines = ["# Training on several GPUs: data parallel LoRA on Gemma 3 1B (random weights)", ""]
+    if summary.get("tiny"):
+        lines += ["**`--tiny` smoke run on CPU devices: these numbers mean nothing.**", ""]
+    lines += [
+        f"- Date: {summary.get('date')}",
+        f"- Command: `{summary.get('command')}`",
+        f"- Machine: {gpus}; {machine.get('cpus')} CPUs; Python {machine.get('python')}; "
+        f"{machine.get('platform')}",
+        f"- Versions: {versions}",
+        f"- Setup: {'tiny' if summary.get('tiny') else 'Gemma 3 1B'} architecture, random "
+        f"weights, bf16, global batch {shape or '?'} "
+        "(random tokens, every position trained), LoRA rank 8 / alpha 16 on q and v, loss "
+        "chunk 512. gN: the trainer's placement (`pipeline.training.distribute`, keras "
+        "`DataParallel` over a `DeviceMesh` of N GPUs): each GPU takes batch / N rows, XLA "
+        "all-reduces the LoRA gradients. Each case runs in its own process "
+        "(`XLA_PYTHON_CLIENT_PREALLOCATE=false`, so the peak is what the step needs).",
+        "- tokens/s: N steps dispatched back to back, then one sync; the global batch's tokens "
+        "over the step time. Scaling: tokens/s over g1's; efficiency: scaling / N.",
+        "",
+        "| case | GPUs | rows per GPU | tokens/s | step ms | scaling | efficiency "
+        "| peak GiB per GPU | compile s | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    base = (recs.get("g1") or {}).get("tokens_per_s")
+    for case in g_cases:
+        rec = recs[case]
+        n = int(case[1:])
+        if not rec.get("ok"):
+            lines.append(f"| {case} | {n} | | | | | | | | {rec.get('error') or 'failed'} |")
+            continue
+        tps = rec.get("tokens_per_s")
+        scaling = tps / base if (tps and base) else None
+        peaks = ", ".join(
+            f"{d['peak_gib']:.2f}" for d in rec.get("per_device") or [] if "peak_gib" in d
+        )
+        rows = (rec.get("spec", {}).get("batch") or 0) // n
+        lines.append(
+            f"| {case} | {n} | {rows} | {_num(tps)} | {_num(rec.get('step_ms'), '{:.1f}')} | "
+            f"{_num(scaling, '{:.2f}x')} | {_num(scaling / n if scaling else None, '{:.0%}')} | "
+            f"{peaks or '–'} | {_num(rec.get('compile_s'), '{:.1f}')} | "
+            f"{rec.get('placement', '')} |"
+        )
+    if "a" in recs and recs["a"].get("ok"):
+        a = recs["a"]
+        lines += [
+            "",
+            f"Case a (the step without a placement, batch {a.get('spec', {}).get('batch')} x "
+            f"{a.get('spec', {}).get('seq')}, one GPU): {_num(a.get('tokens_per_s'))} tokens/s, "
+            f"{_num(a.get('step_ms'), '{:.1f}')} ms, peak {_num(a.get('peak_gib'), '{:.2f}')} "
+            "GiB.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def render_md(summary: dict[str, Any]) -> str:
@@ -1366,8 +1483,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render:
         summary = json.loads(Path(args.render).read_text())
-        target = Path(args.md) if args.md else RESULTS_MD
-        target.write_text(render_md(summary))
+        multi = _multi(summary)
+        target = Path(args.md) if args.md else (MULTI_MD if multi else RESULTS_MD)
+        target.write_text(render_multi_md(summary) if multi else render_md(summary))
         log(f"wrote {target}")
         return 0
     return orchestrate(args)
