@@ -213,6 +213,31 @@ def test_train_runs_the_trainer_and_exits_0(
     assert "finished at step 8/8, loss 2.2000, best eval loss 2.5000" in err
 
 
+def test_devices_flag_sets_the_profile_or_the_resume(
+    monkeypatch: pytest.MonkeyPatch,
+    workspace: Path,
+    data_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls = _fake_trainer(monkeypatch, lambda p, **kw: _Result("finished", 8, workspace / "x"))
+    argv = ["train", "--profile", "cpu-smoke", "--data", str(data_file)]
+    assert main([*argv, "--devices", "2"]) == EXIT_OK
+    assert calls[-1]["profile"].train.devices == "2"  # a new run saves it in its profile
+    assert calls[-1]["devices"] is None
+    # cpu-smoke's batch of 2 does not split across 4 devices: refused before anything starts
+    assert main([*argv, "--devices", "4"]) == EXIT_USAGE
+    assert "does not split across 4 data-parallel devices" in capsys.readouterr().err
+    assert main([*argv, "--devices", "many"]) == EXIT_USAGE
+    assert "train.devices" in capsys.readouterr().err
+    run = workspace / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "profile.toml").write_text(
+        (Path(__file__).parents[1] / "profiles" / "cpu-smoke.toml").read_text()
+    )
+    assert main(["train", "--resume", str(run), "--devices", "1"]) == EXIT_OK
+    assert calls[-1]["devices"] == "1" and calls[-1]["resume"] == str(run)
+
+
 @pytest.mark.parametrize(
     ("outcome", "code", "text"),
     [

@@ -35,7 +35,14 @@ from gemma_tui.screens.runs_files import (
     list_checkpoint_rows,
     read_profile_text,
 )
-from gemma_tui.widgets.run_plots import LossPlot, MemoryPlot, RunHistory, rich_colour, run_colour
+from gemma_tui.widgets.run_plots import (
+    LossPlot,
+    MemoryPlot,
+    RunHistory,
+    device_readings,
+    rich_colour,
+    run_colour,
+)
 from pipeline.training.runs import LOG_TXT, PROFILE_TOML, summarize_run
 
 if TYPE_CHECKING:
@@ -78,6 +85,9 @@ def summary_line(summary: RunSummary, history: RunHistory) -> Text:
         f"profile {summary.profile or '-'}",
         f"model {summary.model or '-'}",
     ]
+    devices = device_readings(last.get("devices")) if last is not None else []
+    if len(devices) > 1:
+        details.append(f"{len(devices)} devices ({', '.join(d['device'] for d in devices)})")
     text.append("\n" + " · ".join(details), style="dim")
     if summary.error:
         text.append("\n" + summary.error, style="red")

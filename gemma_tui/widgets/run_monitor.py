@@ -36,12 +36,17 @@ STATUS_EVERY_POLLS = 4
 
 
 def status_line(
-    last: Mapping[str, Any] | None, best_eval: float | None, *, running: bool = True
+    last: Mapping[str, Any] | None,
+    best_eval: float | None,
+    *,
+    running: bool = True,
+    total_steps: int | None = None,
 ) -> str:
     """``step 12/100 · loss 2.3141 · best eval 2.41 · lr 1.2e-04 · 5,321 tok/s · ETA 3 min``."""
     if last is None:
         return "no steps yet"
-    parts = [f"step {last.get('step', 0)}/{last.get('total_steps', '?')}"]
+    total = last.get("total_steps") or total_steps  # a metrics.jsonl row has no total
+    parts = [f"step {last.get('step', 0)}/{total or '?'}"]
     loss = last.get("loss")
     if isinstance(loss, int | float):
         parts.append(f"loss {loss:.4f}")
@@ -54,7 +59,11 @@ def status_line(
     if isinstance(speed, int | float):
         parts.append(f"{speed:,.0f} tok/s")
     if running:
-        parts.append(f"ETA {format_duration(last.get('eta_s'))}")
+        eta = last.get("eta_s")
+        step_s, step = last.get("step_s"), last.get("step")
+        if eta is None and total and isinstance(step_s, int | float) and isinstance(step, int):
+            eta = step_s * max(0, int(total) - step)  # a followed run: from the last step
+        parts.append(f"ETA {format_duration(eta)}")
     elapsed = last.get("elapsed_s")
     if isinstance(elapsed, int | float):
         parts.append(f"elapsed {format_duration(elapsed)}")
@@ -182,7 +191,9 @@ class RunMonitor(Vertical):
         last = self.history.last_train
         ended = self.state in ("finished", "failed") or self.state.startswith("stopped")
         self.query_one("#monitor-status", Label).update(
-            status_line(last, self.history.best_eval, running=not ended)
+            status_line(
+                last, self.history.best_eval, running=not ended, total_steps=self.total_steps
+            )
         )
         devices = devices_line(last)
         label = self.query_one("#monitor-devices", Label)

@@ -8,19 +8,7 @@ used/total for the whole card, and the host RSS (the only reading on a CPU).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
-
-
-@dataclass(frozen=True)
-class MemoryReading:
-    bytes_in_use: int | None = None
-    peak_bytes: int | None = None
-    bytes_limit: int | None = None
-    gpu_used_bytes: int | None = None
-    gpu_total_bytes: int | None = None
-    host_rss_bytes: int | None = None
-
 
 DEFAULT_MEM_FRACTION = "0.92"
 """JAX's share of the card when the user has not chosen one. JAX's own default (0.75) leaves
@@ -90,16 +78,3 @@ def nvml_index(device: Any) -> int | None:
     if not all(v.isdigit() for v in items) or local >= len(items):
         return None
     return int(items[local])
-
-
-def read_memory(device: Any = None, *, with_nvml: bool = True) -> MemoryReading:
-    stats = jax_memory(device)
-    card = nvml_memory() if with_nvml else None
-    return MemoryReading(
-        bytes_in_use=stats.get("bytes_in_use"),
-        peak_bytes=stats.get("peak_bytes_in_use"),
-        bytes_limit=stats.get("bytes_limit"),
-        gpu_used_bytes=card[0] if card else None,
-        gpu_total_bytes=card[1] if card else None,
-        host_rss_bytes=host_rss_bytes(),
-    )

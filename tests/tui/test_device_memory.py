@@ -347,3 +347,17 @@ def test_printer_shows_the_placement() -> None:
     lines = printed(RunStarted("/ws/runs/x", 8, 0, "tiny", 36, 4, 256, ("gpu:0",), PLACEMENT))
     assert lines[-1] == f"  devices: {PLACEMENT}"
     assert lines[:-1] == printed(base)
+
+
+def test_runs_detail_summary_names_the_devices_of_a_multi_device_run(tmp_path: Path) -> None:
+    from gemma_tui.screens.runs_detail import summary_line
+    from pipeline.training.runs import summarize_run
+
+    run = write_run(tmp_path, "dp-run", status="finished", step=2, total=2)
+    summary = summarize_run(run)
+    history = RunHistory()
+    history.add(train(1, [gpu(0, 3.0, 4.0), gpu(1, 2.9, 3.9)]))
+    assert "2 devices (gpu:0, gpu:1)" in summary_line(summary, history).plain
+    one = RunHistory()
+    one.add(train(1, [gpu(0, 3.0, 4.0)]))
+    assert "devices" not in summary_line(summary, one).plain

@@ -65,6 +65,11 @@ def test_status_line() -> None:
         "step 3/10 · loss 1.2346 · best eval 1.1000 · lr 2.00e-04 · 12,346 tok/s · "
         "ETA 2 min 05 s · elapsed 30 s"
     )
+    # a metrics.jsonl row of a followed run: no total or ETA in it; the run.json total and
+    # the last step's time give them
+    row = {"step": 20, "loss": 2.0, "step_s": 0.5}
+    assert status_line(row, None) == "step 20/? · loss 2.0000 · ETA -"
+    assert status_line(row, None, total_steps=80) == "step 20/80 · loss 2.0000 · ETA 30 s"
 
 
 async def test_setup_prefills_the_dataset_and_checks_fields(workspace: Path) -> None:
