@@ -1190,13 +1190,24 @@ def _config(rec: dict[str, Any]) -> str:
     return text
 
 
+def _run_lines(summary: dict[str, Any]) -> list[str]:
+    """The Date, Command, Machine and Versions lines of a report."""
+    machine = summary.get("machine", {})
+    gpus = "; ".join(machine.get("gpus", [])) or "no GPU (CPU only)"
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
+    return [
+        f"- Date: {summary.get('date')}",
+        f"- Command: `{summary.get('command')}`",
+        f"- Machine: {gpus}; {machine.get('cpus')} CPUs; Python {machine.get('python')}; "
+        f"{machine.get('platform')}",
+        f"- Versions: {versions}",
+    ]
+
+
 def render_multi_md(summary: dict[str, Any]) -> str:
     """bench/results/multi_gpu.md: the gN cases (one global batch over 1, 2, ... GPUs), the
     scaling against g1 and the per-device peak; case a (plain step, one GPU) beside them."""
-    machine = summary.get("machine", {})
     recs = {r["case"]: r for r in summary.get("cases", [])}
-    gpus = "; ".join(machine.get("gpus", [])) or "no GPU (CPU only)"
-    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     g_cases = sorted((c for c in recs if re.fullmatch(r"g\d+", c)), key=lambda c: int(c[1:]))
     first = recs.get(g_cases[0]) if g_cases else None
     shape = ""
@@ -1205,12 +1216,8 @@ def render_multi_md(summary: dict[str, Any]) -> str:
     lines = ["# Training on several GPUs: data parallel LoRA on Gemma 3 1B (random weights)", ""]
     if summary.get("tiny"):
         lines += ["**`--tiny` smoke run on CPU devices: these numbers mean nothing.**", ""]
+    lines += _run_lines(summary)
     lines += [
-        f"- Date: {summary.get('date')}",
-        f"- Command: `{summary.get('command')}`",
-        f"- Machine: {gpus}; {machine.get('cpus')} CPUs; Python {machine.get('python')}; "
-        f"{machine.get('platform')}",
-        f"- Versions: {versions}",
         f"- Setup: {'tiny' if summary.get('tiny') else 'Gemma 3 1B'} architecture, random "
         f"weights, bf16, global batch {shape or '?'} "
         "(random tokens, every position trained), LoRA rank 8 / alpha 16 on q and v, loss "
@@ -1258,10 +1265,7 @@ def render_multi_md(summary: dict[str, Any]) -> str:
 
 
 def render_md(summary: dict[str, Any]) -> str:
-    machine = summary.get("machine", {})
     recs = {r["case"]: r for r in summary.get("cases", [])}
-    gpus = "; ".join(machine.get("gpus", [])) or "no GPU (CPU only)"
-    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     tiny = summary.get("tiny")
     lines = [
         "# Training throughput: LoRA on Gemma 3 1B (random weights), one GPU",
@@ -1272,12 +1276,8 @@ def render_md(summary: dict[str, Any]) -> str:
             "**`--tiny` smoke run on the CPU (tiny architecture): these numbers mean nothing.**",
             "",
         ]
+    lines += _run_lines(summary)
     lines += [
-        f"- Date: {summary.get('date')}",
-        f"- Command: `{summary.get('command')}`",
-        f"- Machine: {gpus}; {machine.get('cpus')} CPUs; Python {machine.get('python')}; "
-        f"{machine.get('platform')}",
-        f"- Versions: {versions}",
         "- Setup: Gemma 3 1B architecture, random weights, bf16. Batch 4 x sequence 1024, "
         "random tokens, every position trained. LoRA rank 8, alpha 16 on q and v. "
         "AdamW lr 1e-4. Each case runs in its own process "
