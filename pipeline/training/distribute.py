@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import TrainingError
@@ -159,7 +159,6 @@ class Placement:
     """The ``keras.distribution`` DataParallel or ModelParallel."""
     left_idle: tuple[Any, ...] = ()
     """Visible devices "auto" could not use (the batch does not split across them all)."""
-    _layouts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def mesh(self) -> Any:
